@@ -1,0 +1,337 @@
+"""
+A small decoder-only transformer, written out by hand, with TransformerLens-style hook points.
+
+    from model import Config, Transformer
+    model = Transformer(Config(n_digits=5))
+    logits, cache = model.run_with_cache(tokens)      # cache["blocks.0.attn.hook_pattern"]: [B, H, P, P]
+
+It is the pre-LayerNorm GPT of TransformerLens' `HookedTransformer` with the settings the papers used:
+learned token and position embeddings, per-head W_Q/W_K/W_V/W_O with biases, explicit causal attention,
+a ReLU MLP, LayerNorm (eps 1e-5) before attention, before the MLP and before the unembedding, and
+GPT-2 initialisation (every W_* ~ N(0, 0.8/sqrt(d_model)), biases 0). Parameter names equal
+TransformerLens' state-dict names, so the papers' published weights load unchanged (`load_model`).
+
+Left out on purpose: dropout (the papers use none), rotary/other position schemes, key-value caching
+and generation (questions are always fed whole and the answer read at the answer positions).
+
+Shape legend: B batch, P position (n_ctx), H heads, D d_head, C d_model, M d_mlp, V d_vocab.
+"""
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class Config:
+    n_digits: int = 5        # digits per operand; the question is `D..D op D'..D' = sign A..A`
+    n_layers: int = 2        # transformer blocks
+    n_heads: int = 3         # attention heads per block
+    d_model: int = 510       # width of the residual stream
+    d_head: int = 170        # width of one head; n_heads * d_head need not equal d_model
+    d_mlp: int = 2040        # hidden width of the MLP
+    d_vocab: int = 15        # tokens 0-9 + - = * \ (see data.py)
+    act_fn: str = "relu"     # the papers use ReLU; "gelu" is accepted for experiments
+    ln_eps: float = 1e-5     # LayerNorm epsilon, as in TransformerLens
+    n_ctx: int = field(init=False)  # 3 * n_digits + 4, derived below so it can never go stale
+
+    def __post_init__(self):
+        self.n_ctx = 3 * self.n_digits + 4
+        if self.act_fn not in ("relu", "gelu"):
+            raise ValueError(f"act_fn must be relu or gelu, not {self.act_fn!r}")
+
+    @property
+    def init_std(self) -> float:
+        return 0.8 / self.d_model ** 0.5  # TransformerLens' "gpt2" initializer_range
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return cls(**{k: v for k, v in d.items() if k != "n_ctx"})
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' is CUDA when present, else the CPU. MPS only on request: it has given silently wrong
+    results in TransformerLens, and models this small are usually faster on the CPU anyway."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was asked for but MPS is not available")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or mps)")
+    return torch.device(name)
+
+# ----------------------------------------------------------------------------- hook points
+
+
+class HookPoint:
+    """An identity on an activation that hook functions can read or replace.
+
+    A hook is `fn(tensor, hook) -> tensor or None`; a returned tensor replaces the activation.
+    A plain object rather than an nn.Module so that, with no hook attached, it costs one `if`."""
+
+    def __init__(self):
+        self.name = None  # set by Transformer, e.g. "blocks.0.attn.hook_z"
+        self.fns = []
+
+    def __call__(self, x):
+        for fn in self.fns:
+            out = fn(x, self)
+            if out is not None:
+                x = out
+        return x
+
+
+def _params(**tensors) -> nn.Module:
+    """A module holding only parameters, so state-dict keys read `embed.W_E` as in TransformerLens."""
+    m = nn.Module()
+    for name, t in tensors.items():
+        setattr(m, name, nn.Parameter(t))
+    return m
+
+# ----------------------------------------------------------------------------- layers
+
+
+class LayerNorm(nn.Module):
+    """(x - mean) / sqrt(var + eps) * w + b over the last axis; tested equal to F.layer_norm."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.eps = cfg.ln_eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.b = nn.Parameter(torch.zeros(cfg.d_model))
+
+    def forward(self, x):  # (B, P, C) -> (B, P, C)
+        x = x - x.mean(-1, keepdim=True)
+        scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # (B, P, 1)
+        return x / scale * self.w + self.b
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        H, C, D = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(H, C, D))
+        self.W_K = nn.Parameter(torch.empty(H, C, D))
+        self.W_V = nn.Parameter(torch.empty(H, C, D))
+        self.W_O = nn.Parameter(torch.empty(H, D, C))
+        self.b_Q = nn.Parameter(torch.zeros(H, D))
+        self.b_K = nn.Parameter(torch.zeros(H, D))
+        self.b_V = nn.Parameter(torch.zeros(H, D))
+        self.b_O = nn.Parameter(torch.zeros(C))
+        causal = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))
+        self.register_buffer("mask", causal, persistent=False)  # (P, P), True where a query may look
+        for name in ("q", "k", "v", "attn_scores", "pattern", "z", "result"):
+            setattr(self, "hook_" + name, HookPoint())
+
+    def forward(self, x, read=slice(None)):  # x: (B, P, C) after ln1
+        """Queries only at positions `read` (all by default; fewer when only some logits are read)."""
+        B, P, C = x.shape
+        H, D = self.W_Q.shape[0], self.W_Q.shape[2]
+        # one matmul for all heads' q, k and v: (C, 3*H*D)
+        W = torch.cat([self.W_Q, self.W_K, self.W_V]).permute(1, 0, 2).reshape(C, 3 * H * D)
+        b = torch.cat([self.b_Q, self.b_K, self.b_V]).reshape(3 * H * D)
+        q, k, v = (x @ W + b).view(B, P, 3, H, D).unbind(2)  # each (B, P, H, D)
+        q, k, v = self.hook_q(q[:, read]), self.hook_k(k), self.hook_v(v)  # q: (B, Q, H, D)
+        scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / D ** 0.5  # (B, H, Q, P): query x key
+        scores = scores.masked_fill(~self.mask[:P, :P][read], float("-inf"))
+        scores = self.hook_attn_scores(scores)
+        pattern = self.hook_pattern(scores.softmax(dim=-1))  # (B, H, Q, P), rows sum to 1
+        z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))  # (B, Q, H, D)
+        if self.hook_result.fns:  # per-head outputs only when someone asks for them
+            result = self.hook_result(torch.einsum("bqhd,hdc->bqhc", z, self.W_O))  # (B, Q, H, C)
+            return result.sum(2) + self.b_O
+        return z.flatten(2) @ self.W_O.reshape(H * D, C) + self.b_O  # (B, Q, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x):  # (B, P, C) -> (B, P, C)
+        pre = self.hook_pre(x @ self.W_in + self.b_in)  # (B, P, M)
+        post = self.hook_post(self.act(pre))             # (B, P, M)
+        return post @ self.W_out + self.b_out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.ln1, self.attn, self.ln2, self.mlp = LayerNorm(cfg), Attention(cfg), LayerNorm(cfg), MLP(cfg)
+        for name in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
+            setattr(self, "hook_" + name, HookPoint())
+
+    def forward(self, resid, read=slice(None)):  # (B, P, C) -> (B, Q, C), Q the positions read
+        resid = self.hook_resid_pre(resid)
+        resid = self.hook_resid_mid(resid[:, read] + self.hook_attn_out(self.attn(self.ln1(resid), read)))
+        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+
+# ----------------------------------------------------------------------------- the model
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config, generator: torch.Generator = None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = _params(W_E=torch.empty(cfg.d_vocab, cfg.d_model))
+        self.pos_embed = _params(W_pos=torch.empty(cfg.n_ctx, cfg.d_model))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg)
+        self.unembed = _params(W_U=torch.empty(cfg.d_model, cfg.d_vocab), b_U=torch.zeros(cfg.d_vocab))
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        # name every hook point after its module path: "blocks.1.attn.hook_pattern"
+        self.hook_dict = {}
+        for mod_name, mod in self.named_modules():
+            for attr, hp in vars(mod).items():
+                if isinstance(hp, HookPoint):
+                    hp.name = f"{mod_name}.{attr}" if mod_name else attr
+                    self.hook_dict[hp.name] = hp
+        self.init_weights(generator)
+
+    def init_weights(self, generator: torch.Generator = None):
+        """GPT-2 init as TransformerLens does it: W_* ~ N(0, 0.8/sqrt(d_model)), biases 0, LN (1, 0)."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.split(".")[-1].startswith("W_"):
+                    p.normal_(0.0, self.cfg.init_std, generator=generator)
+                elif name.endswith(".w"):
+                    p.fill_(1.0)
+                else:
+                    p.zero_()
+
+    def forward(self, tokens, read=slice(None)):  # tokens: (B, P) int64 -> logits (B, P, V)
+        """With `read` (a slice of positions) only those logits are computed: earlier layers still run
+        on every position (later positions attend to them), but the last block's queries, its MLP and
+        the unembedding run only where logits are read. Used by the fast 1M-question check."""
+        B, P = tokens.shape
+        pos = self.pos_embed.W_pos[:P].expand(B, P, self.cfg.d_model)  # a view, as TransformerLens shapes it
+        resid = self.hook_embed(self.embed.W_E[tokens]) + self.hook_pos_embed(pos)  # (B, P, C)
+        for i, block in enumerate(self.blocks):
+            resid = block(resid, read if i == len(self.blocks) - 1 else slice(None))
+        return self.ln_final(resid) @ self.unembed.W_U + self.unembed.b_U  # (B, Q, V)
+
+    # --- hooks, TransformerLens style
+
+    def _matching(self, name_or_predicate):
+        if callable(name_or_predicate):
+            return [hp for n, hp in self.hook_dict.items() if name_or_predicate(n)]
+        if name_or_predicate not in self.hook_dict:
+            raise KeyError(f"no hook point named {name_or_predicate!r}")
+        return [self.hook_dict[name_or_predicate]]
+
+    @contextmanager
+    def hooks(self, fwd_hooks):
+        """`with model.hooks([(name_or_predicate, fn), ...]):` attaches hooks and always removes them."""
+        attached = []
+        try:
+            for target, fn in fwd_hooks:
+                for hp in self._matching(target):
+                    hp.fns.append(fn)
+                    attached.append((hp, fn))
+            yield self
+        finally:
+            for hp, fn in attached:
+                hp.fns.remove(fn)
+
+    def run_with_hooks(self, tokens, fwd_hooks=()):
+        with self.hooks(fwd_hooks):
+            return self(tokens)
+
+    def run_with_cache(self, tokens, names=None, fwd_hooks=()):
+        """Returns (logits, cache): cache maps hook names to detached activations.
+        `names` is None (every hook point), a list of names, or a predicate on names."""
+        if names is None:
+            names = lambda n: True  # noqa: E731
+        elif not callable(names):
+            wanted = set(names)
+            unknown = wanted - set(self.hook_dict)
+            if unknown:
+                raise KeyError(f"no hook point named {sorted(unknown)[0]!r}")
+            names = wanted.__contains__
+        cache = {}
+
+        def save(x, hook):
+            cache[hook.name] = x.detach()
+
+        with self.hooks(list(fwd_hooks) + [(names, save)]):
+            logits = self(tokens)
+        return logits, cache
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit; the message names the file."""
+
+
+def save_model(path, model: Transformer, **info):
+    """Write {format, state_dict, config, info} atomically: a temp file in the same folder, then rename,
+    so an interrupted save never leaves a half-written checkpoint behind."""
+    path = str(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = {"format": "verified-arithmetic/1", "state_dict": state, "config": asdict(model.cfg), "info": info}
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def config_from_tl_state_dict(sd: dict) -> Config:
+    """Infer the config of a TransformerLens state dict (the papers' published .pth) from tensor shapes."""
+    H, C, D = sd["blocks.0.attn.W_Q"].shape
+    n_ctx = sd["pos_embed.W_pos"].shape[0]
+    if (n_ctx - 4) % 3:
+        raise CheckpointError(f"n_ctx {n_ctx} is not 3*n_digits+4: only the Math token format (with a sign) is supported")
+    n_layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    return Config(n_digits=(n_ctx - 4) // 3, n_layers=n_layers, n_heads=H, d_model=C, d_head=D,
+                  d_mlp=sd["blocks.0.mlp.W_in"].shape[1], d_vocab=sd["embed.W_E"].shape[0])
+
+
+def load_model(path, device=None):
+    """Load a checkpoint written by `save_model`, or a TransformerLens-format state dict.
+    Returns (model in eval mode, info dict). Never unpickles code (weights_only=True)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(ckpt).__name__}")
+    try:
+        if "state_dict" in ckpt and "config" in ckpt:
+            cfg, sd, info = Config.from_dict(ckpt["config"]), ckpt["state_dict"], dict(ckpt.get("info", {}))
+        elif "embed.W_E" in ckpt:
+            sd = {k: v for k, v in ckpt.items() if not k.endswith(("attn.mask", "attn.IGNORE"))}
+            cfg, info = config_from_tl_state_dict(sd), {"source": "transformer_lens"}
+        else:
+            raise CheckpointError(f"{path}: neither a verified-arithmetic checkpoint nor a TransformerLens state dict")
+        model = Transformer(cfg)
+        model.load_state_dict(sd, strict=True)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: does not fit the model ({first})") from None
+    info["config"] = asdict(cfg)
+    return model.to(device or "cpu").eval(), info
