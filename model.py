@@ -162,9 +162,9 @@ class MLP(nn.Module):
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x):  # (B, P, C) -> (B, P, C)
-        pre = self.hook_pre(x @ self.W_in + self.b_in)  # (B, P, M)
-        post = self.hook_post(self.act(pre))             # (B, P, M)
-        return post @ self.W_out + self.b_out
+        pre = self.hook_pre(torch.addmm(self.b_in, x.flatten(0, 1), self.W_in).view(*x.shape[:2], -1))  # (B, P, M)
+        post = self.hook_post(self.act(pre))  # (B, P, M)
+        return torch.addmm(self.b_out, post.flatten(0, 1), self.W_out).view(x.shape)  # (B, P, C)
 
 
 class Block(nn.Module):

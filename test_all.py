@@ -31,9 +31,335 @@ def tiny_model(task="add", n_digits=2, steps=500):
 
 # ============================================================================= core (model, data, train)
 
+
+def small_model(seed=0, **kw):
+    cfg = Config(**{**dict(n_digits=3, n_layers=2, n_heads=3, d_model=32, d_head=12, d_mlp=64), **kw})
+    return Transformer(cfg, torch.Generator().manual_seed(seed)).eval()
+
+
+def test_attention_matches_pytorch():
+    model = small_model()
+    tokens = data.random_batch("add", 3, 16, torch.Generator().manual_seed(1))
+    _, cache = model.run_with_cache(tokens)
+    for i in range(model.cfg.n_layers):
+        q, k, v = (cache[f"blocks.{i}.attn.hook_{n}"].transpose(1, 2) for n in "qkv")  # (B, H, P, D)
+        z = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        assert torch.allclose(cache[f"blocks.{i}.attn.hook_z"], z, atol=1e-6)
+        pattern = cache[f"blocks.{i}.attn.hook_pattern"]
+        assert torch.allclose(pattern.sum(-1), torch.ones(()), atol=1e-6)
+        assert (pattern.triu(1) == 0).all()  # nothing attends to the future
+
+
+def test_layernorm_matches_pytorch():
+    model = small_model()
+    with torch.no_grad():
+        model.blocks[0].ln1.w.normal_()
+        model.blocks[0].ln1.b.normal_()
+    x = torch.randn(4, 13, 32) * 3 + 1
+    ln = model.blocks[0].ln1
+    assert torch.allclose(ln(x), torch.nn.functional.layer_norm(x, (32,), ln.w, ln.b, 1e-5), atol=1e-5)
+
+
+def test_hook_names_and_shapes():
+    model = small_model(d_head=20)  # n_heads * d_head = 60 != d_model = 32 is allowed
+    B, P, C, H, D, M = 5, 13, 32, 3, 20, 64
+    _, cache = model.run_with_cache(data.random_batch("sub", 3, B, torch.Generator().manual_seed(0)))
+    want = {"hook_embed": (B, P, C), "hook_pos_embed": (B, P, C)}
+    for i in range(2):
+        want.update({f"blocks.{i}.hook_{n}": (B, P, C) for n in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")})
+        want.update({f"blocks.{i}.attn.hook_{n}": (B, P, H, D) for n in "qkvz"})
+        want.update({f"blocks.{i}.attn.hook_{n}": (B, H, P, P) for n in ("attn_scores", "pattern")})
+        want[f"blocks.{i}.attn.hook_result"] = (B, P, H, C)
+        want.update({f"blocks.{i}.mlp.hook_{n}": (B, P, M) for n in ("pre", "post")})
+    assert {k: tuple(v.shape) for k, v in cache.items()} == want
+
+
+def test_noop_and_replacing_hooks():
+    model = small_model()
+    tokens = data.random_batch("add", 3, 8, torch.Generator().manual_seed(0))
+    clean = model(tokens)
+    seen = []
+    noop = model.run_with_hooks(tokens, [(lambda n: "result" not in n, lambda x, hook: seen.append(hook.name))])
+    assert torch.equal(clean, noop) and len(seen) == len(model.hook_dict) - 2
+    # hooking hook_result makes the model sum per-head outputs itself: equal up to float rounding
+    same = model.run_with_hooks(tokens, [(lambda n: n.endswith("hook_result"), lambda x, hook: x.clone())])
+    assert torch.allclose(clean, same, atol=1e-5)
+    zeroed = model.run_with_hooks(tokens, [("blocks.1.mlp.hook_post", lambda x, hook: torch.zeros_like(x))])
+    assert not torch.allclose(clean, zeroed)
+    assert torch.equal(model(tokens, data.logit_slice(3)), clean[:, data.logit_slice(3)])
+
+
+def test_hooks_removed_after_exception():
+    model = small_model()
+    def boom(x, hook):
+        raise RuntimeError("boom")
+    try:
+        model.run_with_hooks(torch.zeros(2, 13, dtype=torch.long), [("blocks.0.attn.hook_z", boom)])
+    except RuntimeError:
+        pass
+    assert all(not hp.fns for hp in model.hook_dict.values())
+    try:
+        model.run_with_cache(torch.zeros(2, 13, dtype=torch.long), names=["no.such.hook"])
+        assert False, "an unknown hook name must raise"
+    except KeyError:
+        pass
+
+
+def test_generated_questions_are_right():
+    for n in range(1, data.MAX_DIGITS + 1):
+        for task in ("add", "sub", "mix"):
+            gen = torch.Generator().manual_seed(n)
+            for enrichment in (True, False):
+                tokens = data.random_batch(task, n, 200, gen, enrichment=enrichment)
+                assert tokens.shape == (200, 3 * n + 4)
+                for q in data.decode(tokens[:40]) + data.decode(tokens[-40:]):
+                    a, op, b, ans = q[:n], q[n], q[n + 1:2 * n + 1], q[2 * n + 2:]
+                    assert q[2 * n + 1] == "=" and len(ans) == n + 2
+                    assert int(ans) == (int(a) + int(b) if op == "+" else int(a) - int(b)), q
+                    assert data.decode(data.encode(q)) == q
+    for bad in (0, 11):
+        try:
+            data.check_digits(bad)
+            assert False
+        except ValueError as e:
+            assert "1 to 10" in str(e)
+
+
+def test_enrichment_makes_cascades_common():
+    gen = torch.Generator().manual_seed(0)
+    plain = torch.cat([data.random_batch("add", 5, 1000, gen, enrichment=False) for _ in range(20)])
+    rich = torch.cat([data.random_batch("add", 5, 1000, gen) for _ in range(20)])
+    s4 = lambda t: (data.complexity(t, 5) >= 4).float().mean()  # noqa: E731
+    assert s4(rich) > 5 * s4(plain)
+
+
+def test_complexity_of_handmade_sets():
+    for n in (5, 6):
+        for name, tokens in data.named_sets("mix", n).items():
+            labels = {data.COMPLEXITY[c] for c in data.complexity(tokens, n).tolist()}
+            if name in ("Add.SN",):
+                assert labels <= {"S0", "S1"}
+            elif name == "Sub.NG":
+                assert all(lb.startswith("N") for lb in labels)
+            elif not name.endswith("rule"):
+                assert labels == {name[4:]}, (name, labels)
+    cls = lambda q: data.COMPLEXITY[data.complexity(data.encode(q)[None], len(q) // 3 - 1)[0]]  # noqa: E731
+    assert [cls("44445+55555=+100000"), cls("00015+00045=+000060"), cls("00000+00000=+000000")] == ["S5", "S1", "S0"]
+    assert [cls("10000-00001=+009999"), cls("00001-00002=-000001"), cls("99999-99999=+000000")] == ["M4+", "N1", "M0"]
+
+
+def test_named_sets_drop_what_does_not_fit():
+    sets = data.named_sets("add", 2)
+    assert all(int(q[:2]) < 100 for q in data.decode(sets["Add.S1"]))
+    assert len(data.named_sets("add", 5)["Add.S0"]) == 21 and len(data.named_sets("add", 6)["Add.S0"]) == 24
+    rule = data.decode(data.named_sets("sub", 5)["Sub.rule"])
+    assert "10000-00001=+009999" in rule and "00000-99999=-099999" in rule
+
+
+def test_same_seed_same_batches_and_losses():
+    def run(seed):
+        gen = torch.Generator().manual_seed(seed)
+        model = Transformer(Config(n_digits=2, n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32),
+                            torch.Generator().manual_seed(seed))
+        tc = train.TrainConfig(task="mix", n_digits=2, steps=5, batch_size=16, seed=seed)
+        return data.random_batch("mix", 2, 16, gen), train.train(model, tc, progress=False)["loss"]
+    (b1, l1), (b2, l2), (b3, l3) = run(3), run(3), run(4)
+    assert torch.equal(b1, b2) and l1 == l2
+    assert not torch.equal(b1, b3) and l1 != l3
+
+
+def test_lr_schedule():
+    f = [train.lr_factor(s, 100) for s in range(100)]
+    assert abs(f[0] - 0.01) < 1e-9 and abs(f[20] - 1) < 1e-9 and f[99] < 0.01
+    assert all(a <= b for a, b in zip(f[:20], f[1:21])) and all(a >= b for a, b in zip(f[20:], f[21:]))
+
+
+def test_answer_loss_reads_only_answers():
+    tokens = data.random_batch("add", 3, 4, torch.Generator().manual_seed(0))
+    logits = torch.zeros(4, 13, 15)
+    logits[:, data.logit_slice(3)] = torch.nn.functional.one_hot(tokens[:, data.answer_slice(3)], 15) * 50.0
+    logits[:, :7] = torch.randn(4, 7, 15)  # question positions: no influence on the loss
+    assert train.answer_nll(logits, tokens, 3).max() < 1e-12
+    assert train.answer_nll(logits, tokens, 3).dtype == torch.float64
+
+
+def test_checkpoint_round_trip_and_errors():
+    model = small_model(seed=5)
+    tokens = data.random_batch("add", 3, 8, torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.pt")
+        save_model(path, model, task="add", seed=5, steps=0)
+        loaded, info = load_model(path)
+        assert torch.equal(loaded(tokens), model(tokens)) and info["task"] == "add" and loaded.cfg == model.cfg
+        assert [f for f in os.listdir(d)] == ["m.pt"]  # no temp file left behind
+        with open(os.path.join(d, "bad.pt"), "wb") as f:
+            f.write(b"not a checkpoint")
+        torch.save({"state_dict": {"x": torch.zeros(1)}, "config": model.cfg.__dict__ | {}}, os.path.join(d, "shape.pt"))
+        for name, words in [("missing.pt", "no such"), ("bad.pt", "not a readable"), ("shape.pt", "does not fit")]:
+            try:
+                load_model(os.path.join(d, name))
+                assert False, name
+            except CheckpointError as e:
+                assert name in str(e) and words in str(e) and "\n" not in str(e)
+
+
+def reference_forward(sd, tokens, n_layers):
+    """An independent TransformerLens-semantics forward pass written with einsums from a state dict."""
+    def ln(x, w, b):
+        x = x - x.mean(-1, keepdim=True)
+        return x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * w + b
+    x = sd["embed.W_E"][tokens] + sd["pos_embed.W_pos"][: tokens.shape[1]]
+    P = tokens.shape[1]
+    for i in range(n_layers):
+        p = lambda k: sd[f"blocks.{i}.{k}"]  # noqa: E731
+        h = ln(x, p("ln1.w"), p("ln1.b"))
+        q, k, v = (torch.einsum("bpc,hcd->bphd", h, p(f"attn.W_{n}")) + p(f"attn.b_{n}") for n in "QKV")
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+        s = torch.where(torch.ones(P, P).tril().bool(), s, torch.tensor(-1e5))  # TL's IGNORE value
+        z = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v)
+        x = x + torch.einsum("bqhd,hdc->bqc", z, p("attn.W_O")) + p("attn.b_O")
+        h = torch.relu(ln(x, p("ln2.w"), p("ln2.b")) @ p("mlp.W_in") + p("mlp.b_in"))
+        x = x + h @ p("mlp.W_out") + p("mlp.b_out")
+    return ln(x, sd["ln_final.w"], sd["ln_final.b"]) @ sd["unembed.W_U"] + sd["unembed.b_U"]
+
+
+def test_load_transformer_lens_state_dict():
+    src = small_model(seed=7, n_heads=4, d_head=10)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # non-trivial biases and LayerNorm weights
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    for i in range(2):  # the buffers TransformerLens saves
+        sd[f"blocks.{i}.attn.mask"] = torch.ones(13, 13).tril().bool()
+        sd[f"blocks.{i}.attn.IGNORE"] = torch.tensor(-1e5)
+    tokens = data.random_batch("mix", 3, 8, torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "tl.pth")
+        torch.save(sd, path)
+        model, info = load_model(path)
+    assert model.cfg.n_digits == 3 and model.cfg.n_heads == 4 and model.cfg.d_head == 10 and info["source"] == "transformer_lens"
+    assert torch.allclose(model(tokens), reference_forward(sd, tokens, 2), atol=1e-4)
+
+
+def run_cli(*args, script="train.py"):
+    import subprocess
+    r = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def cli_error(main, args):
+    """Run a CLI's main() in-process; return the one-line message it exits with (argparse-style)."""
+    import contextlib
+    import io
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            main(args)
+    except SystemExit as e:
+        msg = e.code if isinstance(e.code, str) else err.getvalue()
+        return msg.strip()
+    raise AssertionError(f"{args} did not fail")
+
+
+def test_cli_bad_input_is_one_line():
+    with tempfile.TemporaryDirectory() as d:
+        corrupt = os.path.join(d, "corrupt.pt")
+        with open(corrupt, "w") as f:
+            f.write("garbage")
+        for args in (["--digits", "0"], ["--digits", "11"], ["--steps", "-1"], ["--task", "mul"], ["--preset", "nope"],
+                     ["--checkpoint", os.path.join(d, "missing.pt")], ["--checkpoint", corrupt], ["--lr", "abc"],
+                     ["--device", "tpu"], ["--perc-sub", "120"], ["--verify", "0"], ["--preset", "ins1_mix_d6_l3_h4_t40K"]):
+            msg = cli_error(train.main, args + ["--out", d])
+            assert msg.startswith("train.py: error:"), (args, msg)
+            assert len(msg.splitlines()) == 1, (args, msg)
+        code, out, err = run_cli("--checkpoint", corrupt)  # and as a real process: one line, no traceback
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "corrupt.pt" in err
+
+
+def test_smoke_tiny_model_learns_two_digit_addition():
+    t = time.time()
+    model = tiny_model("add", 2, 600)
+    results = train.verify(model, "add", 2, "all", progress=False)
+    assert time.time() - t < 60
+    assert results["add all"]["correct"] >= 0.99 * 10_000, train.report(results)
+
+
+def test_cli_trains_and_verifies_a_checkpoint():
+    with tempfile.TemporaryDirectory() as d:
+        code, out, err = run_cli("--digits", "1", "--steps", "30", "--d-model", "16", "--d-head", "8", "--batch-size", "32",
+                                 "--verify", "all", "--out", d, "--no-progress")
+        assert code == 0, err
+        names = sorted(os.listdir(d))
+        assert names == ["add_d1_l2_h3_t0.03K_s1.json", "add_d1_l2_h3_t0.03K_s1.pt", "add_d1_l2_h3_t0.03K_s1_loss.png"], names
+        code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--verify", "all", "--no-progress")
+        assert "add all" in out and code in (0, 1)
+        code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--task", "sub")
+        assert code != 0 and "is a add model" in err
+
 # ============================================================================= analyse (issue 4)
 
 # ============================================================================= algorithm (issue 5)
+
+
+def test_framework_agrees_with_integers_on_every_3_digit_pair():
+    import framework
+    for op in ("add", "sub"):
+        q = train.all_questions(op, 3)                                # all 10^6 pairs
+        a, b, _, _ = data.parse_questions(q, 3)
+        pred = framework.answer_tokens(*framework.framework_answer(a, b, op, 3))
+        assert torch.equal(pred, q[:, data.answer_slice(3)]), op
+    # the same functions on plain ints: 457 + 548 cascades a carry through the sum-9 middle column
+    st = [framework.tri_case(d, e) for d, e in ((7, 8), (5, 4), (4, 5))]
+    assert st == [10, 9, 9] and framework.tri_add(st[1], st[0]) == 10 and framework.tri_add(8, 10) != 10
+    assert framework.difference(3, 7) == 6 and framework.tri_case_sub(3, 7) == 10
+
+
+def test_pairs_differ_only_in_the_subtask_and_predict_a_change():
+    import framework
+    n, gen = 4, torch.Generator().manual_seed(0)
+    for task in ("SA", "SC", "ST", "MD", "MB", "MT", "ND", "NB", "NT", "SGN"):
+        for k in framework.subtask_digits(task, n):
+            store, alter, want = framework.make_pairs(task, k, n, 50, gen)
+            assert len(store) == 50, (task, k)
+            truth = alter[:, data.answer_slice(n)]
+            changed = (want != truth)
+            assert changed.any(1).all() and changed.sum(1).max() == 1, (task, k)
+            if task in framework.ADD_TASKS:  # for addition the prediction is the store's digit k
+                col = n + 1 - k
+                assert torch.equal(want[:, col], store[:, data.answer_slice(n)][:, col])
+
+
+def test_pca_matches_torch_pca_lowrank_up_to_sign():
+    from algorithm import pca
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 3, generator=g) * torch.tensor([5.0, 2.0, 1.0]) @ torch.randn(3, 20, generator=g)
+    X = X + 0.01 * torch.randn(200, 20, generator=g) + 3.0           # off-centre, rank ~3
+    proj, comps, evr = pca(X, 3)
+    U, S, V = torch.pca_lowrank(X, q=3, center=True, niter=6)
+    ref = (X - X.mean(0)) @ V                                         # (200, 3)
+    for i in range(3):
+        sign = torch.sign((proj[:, i] * ref[:, i]).sum())
+        assert torch.allclose(proj[:, i], sign * ref[:, i], atol=1e-3), i
+    assert torch.allclose(evr, S ** 2 / (X - X.mean(0)).pow(2).sum(), atol=1e-4) and evr[0] > evr[1] > evr[2]
+
+
+def test_interventions_self_patch_positive_control_and_unused_node():
+    import framework
+    import interventions as iv
+    model, n = tiny_model("add", 2, 600), 2
+    store, alter, want = iv.claim_pairs(model, "SA", 0, 60, torch.Generator().manual_seed(1))
+    assert len(alter) >= 50
+    # patching every node with its own activation changes nothing
+    plain = model(alter)[:, data.logit_slice(n)].argmax(-1)
+    same = iv.intervene(model, alter, alter, [iv.all_nodes(model.cfg)])[0]
+    assert torch.equal(same, plain)
+    # every node at the position that predicts A0: its residual becomes the store's, so the claim holds
+    last = 3 * n + 2
+    assert iv.test_claim(model, store, alter, want, [x for x in iv.all_nodes(model.cfg) if x[0] == last]) \
+        == (len(alter), len(alter))
+    # position 0 only sees D(n-1), which these pairs share: a claim that it does A0's base add fails
+    passes, total = iv.test_claim(model, store, alter, want, [(0, 0, 0)])
+    assert passes == 0 and total == len(alter)
 
 # ============================================================================= reuse (issue 6)
 

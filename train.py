@@ -103,6 +103,7 @@ def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None
                             weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc.steps, tc.warmup))
     losses = torch.zeros(tc.steps, tc.n_digits + 2, dtype=torch.float64, device=device)
+    read = data.logit_slice(tc.n_digits)
     model.train()
     bar = tqdm(range(tc.steps), desc=f"train {tc.task} d{tc.n_digits}", disable=not progress, mininterval=0.5)
     done, t0, interrupted = 0, time.time(), False
@@ -110,7 +111,8 @@ def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None
         for step in bar:
             tokens = data.random_batch(tc.task, tc.n_digits, tc.batch_size, gen, tc.perc_sub,
                                        tc.enrichment, device)
-            per_pos = answer_nll(model(tokens), tokens, tc.n_digits).mean(0)  # (n+2,)
+            logits = model(tokens, read)  # (B, n+2, V): the loss reads only the answer positions
+            per_pos = answer_nll(logits, tokens, tc.n_digits).mean(0)  # (n+2,)
             loss = per_pos.mean()
             loss.backward()
             if after_backward:
@@ -276,7 +278,8 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a bad value in one line (no usage block) and exits with status 2."""
 
     def error(self, message):
-        sys.exit(f"{self.prog}: error: {message}")
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def positive(kind):
@@ -296,7 +299,7 @@ def verify_count(s):
 
 
 def build_parser():
-    p = Parser(description="Train a transformer on n-digit addition/subtraction, then verify it.")
+    p = Parser(prog="train.py", description="Train a transformer on n-digit addition/subtraction, then verify it.")
     p.add_argument("--task", choices=["add", "sub", "mix"], help="operation to learn (default add)")
     p.add_argument("--digits", type=int, help=f"digits per operand, 1 to {data.MAX_DIGITS} (default 5)")
     p.add_argument("--layers", type=positive(int), help="transformer blocks (default 2)")
