@@ -99,8 +99,16 @@ def _params(**tensors) -> nn.Module:
 # ----------------------------------------------------------------------------- layers
 
 
+def layer_norm_by_hand(x, w, b, eps):
+    """What LayerNorm computes, written out: centre, divide by the root mean square, scale and shift."""
+    x = x - x.mean(-1, keepdim=True)
+    scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()  # (B, P, 1)
+    return x / scale * w + b
+
+
 class LayerNorm(nn.Module):
-    """(x - mean) / sqrt(var + eps) * w + b over the last axis; tested equal to F.layer_norm."""
+    """`layer_norm_by_hand` over the last axis, run as PyTorch's fused kernel: the same numbers (tested),
+    and the hand-written version cost a third of a CPU training step for models this small."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -109,9 +117,7 @@ class LayerNorm(nn.Module):
         self.b = nn.Parameter(torch.zeros(cfg.d_model))
 
     def forward(self, x):  # (B, P, C) -> (B, P, C)
-        x = x - x.mean(-1, keepdim=True)
-        scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # (B, P, 1)
-        return x / scale * self.w + self.b
+        return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
 
 
 class Attention(nn.Module):
@@ -286,7 +292,10 @@ def save_model(path, model: Transformer, **info):
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = {"format": "verified-arithmetic/1", "state_dict": state, "config": asdict(model.cfg), "info": info}
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is for sharing
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
         os.replace(tmp, path)

@@ -14,7 +14,7 @@ import torch
 
 import data
 import train
-from model import CheckpointError, Config, Transformer, load_model, save_model
+from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model, save_model
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,7 +57,10 @@ def test_layernorm_matches_pytorch():
         model.blocks[0].ln1.b.normal_()
     x = torch.randn(4, 13, 32) * 3 + 1
     ln = model.blocks[0].ln1
+    assert torch.allclose(ln(x), layer_norm_by_hand(x, ln.w, ln.b, 1e-5), atol=1e-5)
     assert torch.allclose(ln(x), torch.nn.functional.layer_norm(x, (32,), ln.w, ln.b, 1e-5), atol=1e-5)
+    y = layer_norm_by_hand(x, torch.ones(32), torch.zeros(32), 1e-5)
+    assert torch.allclose(y.mean(-1), torch.zeros(()), atol=1e-5) and torch.allclose(y.var(-1, unbiased=False), torch.ones(()), atol=1e-3)
 
 
 def test_hook_names_and_shapes():
@@ -298,6 +301,103 @@ def test_cli_trains_and_verifies_a_checkpoint():
 
 # ============================================================================= analyse (issue 4)
 
+
+def _analysed(n_questions=128):
+    """The 2-digit tiny model, its varied questions and their per-layer means."""
+    import analyse
+    model = tiny_model("add", 2, 600)
+    tokens = analyse.varied_questions("add", 2, torch.Generator().manual_seed(0), n_questions)
+    return model, tokens, analyse.layer_means(model, tokens)
+
+
+def test_analyse_ablating_an_unused_node_changes_nothing():
+    import analyse
+    model, tokens, means = _analysed()
+    cfg, read, last = model.cfg, data.logit_slice(2), model.cfg.n_ctx - 1
+    # The last position (A0) predicts nothing that is read, and no position after it can attend to it:
+    # ablating every head, every MLP and the residual stream there must leave the answer logits bit-identical.
+    nodes = [dict(position=last, layer=layer, head=h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads + 1)]
+    hooks = [analyse.node_hook(nd, means, "mean", cfg) for nd in nodes] + analyse.position_hooks(last, means, "zero", 2)
+    with torch.inference_mode():
+        clean = model(tokens)
+        with model.hooks(hooks):
+            ablated = model(tokens)
+    assert torch.equal(clean[:, read], ablated[:, read])
+    assert not torch.allclose(clean[:, last], ablated[:, last])  # the hooks did act: position A0 changed
+    assert not analyse.ablate_nodes(model, tokens, nodes, means).fails.any()
+
+
+def test_analyse_ablating_every_head_at_the_answer_breaks_the_answers():
+    import analyse
+    model, tokens, means = _analysed()
+    cfg, read = model.cfg, data.logit_slice(2)
+    nodes = [dict(position=p, layer=layer, head=h) for p in range(read.start, read.stop)
+             for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    before = analyse.failures(model, tokens, 2).fails.float().mean()
+    for kind in ("mean", "zero"):
+        after = analyse.ablate_nodes(model, tokens, nodes, means, kind).fails.float().mean()
+        assert before < 0.05 and after > 0.5, (kind, before, after)
+
+
+def test_analyse_useful_nodes_tags_and_nodes_json_round_trip():
+    import re
+    import analyse
+    import report
+    model, tokens, means = _analysed()
+    cfg = model.cfg
+    baseline = analyse.failures(model, tokens, 2)
+    broken = analyse.position_ablation(model, tokens, means, "mean", baseline)  # (P, B)
+    positions = broken.any(1).nonzero().flatten().tolist()
+    assert cfg.n_ctx - 1 not in positions and data.logit_slice(2).start in positions, positions
+    nodes = analyse.find_nodes(model, tokens, positions, means, analyse.mean_patterns(model, tokens), "mean", baseline)
+    assert nodes and all(nd["position"] in positions for nd in nodes)
+    pattern = r"FailPerc\.\d+|Impact\.A[0-3]+|(Add\.S[0-5])|Attn\.\d+=\d+"
+    assert all(re.fullmatch(pattern, t) for nd in nodes for t in nd["tags"]), nodes
+    assert all(analyse.tag_values(nd, "Attn") for nd in nodes if nd["head"] < cfg.n_heads)
+    assert analyse.node_name(dict(position=7, layer=1, head=3), cfg) == "P7.L1.MLP"
+    assert analyse.position_names(2, "add") == ["D1", "D0", "+", "D'1", "D'0", "=", "sign", "A2", "A1", "A0"]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "nodes.json")
+        analyse.write_nodes(path, nodes)
+        assert analyse.read_nodes(path) == nodes
+    names = analyse.position_names(2, "add")
+    for kind in ("fail", "attention", "impact", "Add"):
+        assert report.map_cells(nodes, cfg, names, kind)
+    assert report.impact_text({0, 1, 2, 5}) == "A0..2,5" and report.impact_text({4, 5}) == "A45"
+
+
+def test_analyse_every_plot_returns_a_figure():
+    import matplotlib.figure
+    import plots
+    figs = [plots.quanta_map({("L0H0", "D1"): ("100%", 10), ("L1MLP", "A2"): ("M4+", 99)}, ["L0H0", "L1MLP"],
+                             ["D1", "A2"], plots.paled("winter", 10), "palette indices are clamped"),
+            plots.quanta_map({}, ["L0H0"], ["D1"], plots.paled(plots.GREEN_YELLOW, 4), "empty"),
+            plots.attention_grid(torch.rand(2, 3, 10, 10).tril(), [str(i) for i in range(10)], "attention"),
+            plots.position_bars([0, 50, 100], ["a", "b", "c"], "positions")]
+    assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
+    for f in figs:
+        f.savefig(os.devnull, format="png")  # drawing must not fail either
+        plots.plt.close(f)
+
+
+def test_analyse_cli_writes_report_and_nodes():
+    import analyse
+    model = tiny_model("add", 2, 600)
+    with tempfile.TemporaryDirectory() as d:
+        path, tl, out = os.path.join(d, "add_d2.pt"), os.path.join(d, "tl.pth"), os.path.join(d, "out")
+        save_model(path, model, task="add", seed=0, steps=600)
+        assert analyse.main([path, "--out", out, "--questions", "64", "--no-progress", "--only", "accuracy",
+                             "attention", "positions", "nodes", "maps"]) == 0
+        files = set(os.listdir(out))
+        assert {"report.md", "nodes.json", "map_fail.png", "map_impact.png", "positions.png", "attention_mean.png"} <= files
+        text = open(os.path.join(out, "report.md")).read()
+        assert all(f"![{f}]({f})" in text for f in files if f.endswith(".png"))
+        assert "## Useful nodes" in text and "## Quanta maps" in text
+        torch.save(model.state_dict(), tl)  # a TransformerLens-style file: it does not say its task
+        for args in ([tl], [os.path.join(d, "missing.pt")], [path, "--task", "sub"], [path, "--only", "nope"]):
+            msg = cli_error(analyse.main, args + ["--out", out])
+            assert msg.startswith("analyse.py: error:") and len(msg.splitlines()) == 1, (args, msg)
+
 # ============================================================================= algorithm (issue 5)
 
 
@@ -362,6 +462,163 @@ def test_interventions_self_patch_positive_control_and_unused_node():
     assert passes == 0 and total == len(alter)
 
 # ============================================================================= reuse (issue 6)
+
+TINY_ADD3 = os.path.join(HERE, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0.pt")  # 3-digit add, 100% on all 10^6
+
+
+def _reuse_source(n_layers=2, n_heads=3, seed=0):
+    """An untrained 2-digit source whose every weight, bias and LayerNorm is random (so a missed copy shows)."""
+    cfg = Config(n_digits=2, n_layers=n_layers, n_heads=n_heads, d_model=48, d_head=16, d_mlp=192)
+    src = Transformer(cfg, torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return src.eval()
+
+
+def test_reuse_insert_copies_every_tensor():
+    from dataclasses import replace
+    import reuse
+    src = _reuse_source()
+    cfg = replace(src.cfg, n_layers=3, n_heads=4)
+    for late, offset in ((False, 0), (True, 1)):
+        fresh = Transformer(cfg, torch.Generator().manual_seed(1))
+        model = Transformer(cfg, torch.Generator().manual_seed(1))
+        assert reuse.insert(src, model, late=late) == offset
+        tgt = dict(model.named_parameters())
+        for name, p in src.named_parameters():  # every source tensor, wherever it went
+            parts = name.split(".")
+            if parts[0] == "blocks":
+                parts[1] = str(int(parts[1]) + offset)
+            t = tgt[".".join(parts)]
+            t = t[:3] if parts[-1] in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V") else t
+            assert torch.equal(t, p), f"{name} not copied (late={late})"
+        free = 2 if not late else 0  # the layer that receives nothing keeps its own initialisation
+        assert torch.equal(model.blocks[free].attn.W_Q, fresh.blocks[free].attn.W_Q)
+        assert torch.equal(model.blocks[offset].attn.W_Q[3], fresh.blocks[offset].attn.W_Q[3])
+    faithful = Transformer(cfg, torch.Generator().manual_seed(1))
+    reuse.insert(src, faithful, faithful=True)  # the reference copies Q/K/V but not W_O, ln2, b_U (SPEC 3.2)
+    assert torch.equal(faithful.blocks[0].attn.W_Q[:3], src.blocks[0].attn.W_Q)
+    assert not torch.equal(faithful.blocks[0].attn.W_O[:3], src.blocks[0].attn.W_O)
+    assert not torch.equal(faithful.blocks[1].ln2.w, src.blocks[1].ln2.w)
+    assert not torch.equal(faithful.unembed.b_U, src.unembed.b_U)
+
+
+def test_reuse_preserve_keeps_addition_answers():
+    from dataclasses import replace
+    import reuse
+    src = _reuse_source()
+    q = data.random_batch("add", 2, 500, torch.Generator().manual_seed(3))
+    read = data.logit_slice(2)
+    for late in (False, True):
+        diffs = {}
+        for preserve in (True, False):
+            model = Transformer(replace(src.cfg, n_layers=4, n_heads=5), torch.Generator().manual_seed(2)).eval()
+            reuse.insert(src, model, late=late, preserve=preserve)
+            with torch.no_grad():
+                a, b = src(q)[:, read], model(q)[:, read]  # (B, n+2, V) at the answer positions
+            diffs[preserve] = ((a - b).abs().max().item(), torch.equal(a.argmax(-1), b.argmax(-1)))
+        assert diffs[True][0] < 1e-5 and diffs[True][1], f"--preserve changed the answers (late={late}): {diffs}"
+        assert diffs[False][0] > 1e-2, "without --preserve the new parts should change the logits"
+
+
+def _train_steps(model, hooks, steps=8):
+    tc = train.TrainConfig(task="mix", n_digits=2, steps=steps, batch_size=32, lr=3e-3, weight_decay=0.1, seed=4)
+    train.train(model, tc, after_backward=hooks[0], after_step=hooks[1], progress=False)
+
+
+def test_reuse_freeze_keeps_slices_exact():
+    from dataclasses import replace
+    import reuse
+    src = _reuse_source()
+    cfg = replace(src.cfg, n_layers=3, n_heads=4)
+    model, off, hooks = reuse.grow(src, cfg, "freeze-all", seed=1, late=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _train_steps(model, hooks)
+    now = model.state_dict()
+    for i in (1, 2):  # the inserted layers: heads 0-2, b_O, the MLP and both LayerNorms bit-identical
+        for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"):
+            k = f"blocks.{i}.attn.{name}"
+            assert torch.equal(now[k][:3], before[k][:3]), k
+            assert not torch.equal(now[k][3], before[k][3]), f"{k}: the new head 3 should train"
+        for k in ("attn.b_O", "mlp.W_in", "mlp.b_in", "mlp.W_out", "mlp.b_out", "ln1.w", "ln2.b"):
+            assert torch.equal(now[f"blocks.{i}.{k}"], before[f"blocks.{i}.{k}"]), k
+    for k in ("blocks.0.attn.W_Q", "blocks.0.mlp.W_in", "embed.W_E", "unembed.W_U"):
+        assert not torch.equal(now[k], before[k]), f"{k} should train"
+
+    model, off, hooks = reuse.grow(src, cfg, "freeze-useful", seed=1, useful_heads={(0, 1), (1, 0)})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _train_steps(model, hooks)
+    now = model.state_dict()
+    for k, h in (("blocks.0.attn.W_Q", 1), ("blocks.0.attn.W_O", 1), ("blocks.1.attn.b_V", 0), ("blocks.1.attn.W_K", 0)):
+        assert torch.equal(now[k][h], before[k][h]), f"{k}[{h}] is frozen"
+    assert torch.equal(now["blocks.0.attn.b_O"], before["blocks.0.attn.b_O"])
+    for k, h in (("blocks.0.attn.W_Q", 0), ("blocks.1.attn.W_O", 2), ("blocks.0.attn.W_V", 3)):
+        assert not torch.equal(now[k][h], before[k][h]), f"{k}[{h}] should train"
+    assert not torch.equal(now["blocks.0.mlp.W_in"], before["blocks.0.mlp.W_in"]), "useful MLPs train in freeze-useful"
+
+    # control: masking gradients alone is not enough, AdamW's weight decay still moves the slice
+    model, off, _ = reuse.grow(src, cfg, "init", seed=1)
+    frz = reuse.Freezer([(model.blocks[0].attn.W_Q, 1)])
+    w = model.blocks[0].attn.W_Q[1].detach().clone()
+    _train_steps(model, (frz.after_backward, None), steps=3)
+    assert not torch.equal(model.blocks[0].attn.W_Q[1], w)
+
+
+def test_reuse_width_mismatch_is_one_line():
+    import subprocess
+    import reuse
+    src = _reuse_source()
+    for kw, word in ((dict(d_model=64), "d_model"), (dict(n_layers=1), "n_layers"), (dict(n_digits=3), "n_digits")):
+        try:
+            reuse.check_fit(src.cfg, Config(**{**dict(n_digits=2, n_layers=3, n_heads=4, d_model=48, d_head=16,
+                                                         d_mlp=192), **kw}))
+            raise AssertionError(f"{kw} should not fit")
+        except ValueError as e:
+            assert word in str(e) and "\n" not in str(e), str(e)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "src.pt")
+        save_model(path, src, task="add", steps=10, train={"lr": 3e-3, "batch_size": 32, "weight_decay": 0.1})
+        r = subprocess.run([sys.executable, os.path.join(HERE, "reuse.py"), "--from", path, "--d-model", "64"],
+                           capture_output=True, text=True, cwd=tmp)
+        err = r.stderr.strip()
+        assert r.returncode != 0 and "d_model" in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_reuse_cli_trains_saves_and_compares():
+    import contextlib
+    import io
+    import reuse
+    src = _reuse_source()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "src.pt")
+        save_model(path, src, task="add", steps=10, train={"lr": 3e-3, "batch_size": 32, "weight_decay": 0.1})
+        common = ["--from", path, "--steps", "8", "--verify", "100", "--out", tmp, "--no-progress"]
+        with contextlib.redirect_stdout(io.StringIO()) as log:
+            assert reuse.main(common + ["--mode", "freeze-all", "--usage", "10", "--late"]) == 0
+            assert reuse.main(common + ["--compare", "--seeds", "1"]) == 0
+        assert "L2MLP" in log.getvalue()  # the node-usage table was printed
+        model, info = load_model(os.path.join(tmp, "ins3_mix_d2_l3_h4_t0.008K_s1_late.pt"))
+        assert info["insert"]["offset"] == 1 and info["train"]["batch_size"] == 32
+        assert len(info["node_usage"]["rows"]) == 8  # 2 inserted layers x (3 heads + MLP)
+        md = open(os.path.join(tmp, "compare_ins1_mix_d2_l3_h4_t0.008K_s1-1.md")).read()
+        assert "| 1 | inserted |" in md and "| 1 | scratch |" in md
+        assert os.path.isfile(os.path.join(tmp, "compare_ins1_mix_d2_l3_h4_t0.008K_s1-1.png"))
+
+
+def test_reuse_node_usage_after_growing():
+    from dataclasses import replace
+    import reuse
+    src, _ = load_model(TINY_ADD3)
+    model = Transformer(replace(src.cfg, n_layers=3, n_heads=4), torch.Generator().manual_seed(0)).eval()
+    offset = reuse.insert(src, model, late=True, preserve=True)  # answers as the source: the same nodes matter
+    rows, base = reuse.inserted_node_usage(model, src.cfg, offset, n_questions=60, progress=False)
+    assert base["add"] == 1.0 and base["sub"] == 0.0 and base["neg"] == 0.0, base
+    role = {r["node"]: r for r in rows}
+    assert sorted(role) == ["L1H0", "L1H1", "L1H2", "L1MLP", "L2H0", "L2H1", "L2H2", "L2MLP"]
+    assert role["L1MLP"]["role"] == "add" and role["L1MLP"]["max_fail"]["add"] > 0.5, role["L1MLP"]
+    assert all(r["role"] in ("add", "unused") for r in rows)  # an addition model cannot serve subtraction
 
 # ============================================================================= runner
 
