@@ -60,7 +60,7 @@ def centroid_accuracy(Z, labels, folds=5, seed=0):
 def tricase_questions(op, n, t, per_class, gen):
     """Questions whose column t is in each tri-case class (add: sums 0-8 / 9 / 10-18; sub: D_t < = >
     D'_t), digits below t random, above t zero. Returns (tokens (3*per_class, P), labels (3*per_class,))."""
-    x, y = torch.randint(0, 10, (40 * per_class,), generator=gen), torch.randint(0, 10, (40 * per_class,), generator=gen)
+    x, y = torch.randint(0, 10, (2, 40 * per_class), generator=gen)  # 40x: every class gets enough
     cls = (x + y >= 9).long() + (x + y >= 10).long() if op == "add" else (x >= y).long() + (x > y).long()
     pick = torch.cat([torch.nonzero(cls == c)[:per_class, 0] for c in range(3)])
     low = 10 ** t
@@ -128,7 +128,8 @@ def run_pca(model, task, nodes, out, progress=True, seed=0, grid=12) -> str:
         fig.savefig(os.path.join(out, "pca_grid.png"), dpi=110)
         plt.close(fig)
         lines += ["![strongest PCA separations](pca_grid.png)", "",
-                  "| node | op | column | state | acc 3 classes | acc 2 classes | EVR PC1 |", "|---|---|---|---|---|---|---|"]
+                  "| node | op | column | state | acc 3 classes | acc 2 classes | EVR PC1 |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {iv.node_name(s['node'], H)} | {s['op']} | D{s['digit']} | {s['label']} | {s['acc3']:.2f} | "
                   f"{s['acc2']:.2f} | {100 * s['evr'][0]:.0f}% |" for s in found]
     return "\n".join(lines) + "\n"
@@ -161,6 +162,7 @@ def useful_by_ablation(model, task, count=500, seed=0, progress=True):
     """Stand-in for analyse.py's useful nodes: nodes whose mean-ablation makes a question fail."""
     n, H = model.cfg.n_digits, model.cfg.n_heads
     tokens = questions(task, n, count, seed)
+    tokens = tokens[train.score(model, tokens, n)[0]]  # only questions the intact model answers right
     with torch.inference_mode():
         _, cache = model.run_with_cache(tokens, names=iv._is_site)
     useful = []
@@ -219,7 +221,8 @@ def run_algorithm(model, task, nodes, out, progress=True, n_pairs=100, seed=0):
         f.write(md)
     with open(os.path.join(out, "algorithm.json"), "w") as f:
         json.dump({"seconds": seconds, "rows": [dict(r, sets=[[list(x) for x in s] for s in r["sets"]],
-                                                     best=[list(x) for x in r["best"]]) for r in rows],
+                                                     best=[list(x) for x in r["best"]],
+                                                     alone=[[*x, m] for x, m in r["alone"].items()]) for r in rows],
                    "nodes": nodes}, f, indent=1)
     return md, nodes
 
@@ -227,15 +230,17 @@ def run_algorithm(model, task, nodes, out, progress=True, n_pairs=100, seed=0):
 
 
 def neuron_ablation(model, task, mlp, count=300, chunk=16, seed=0):
-    """Mean-ablate the neurons of one MLP node (position, layer) in chunks of `chunk`; in a chunk that
-    makes questions fail, each neuron alone. Returns ({neuron: (fails, {answer index: wrong count})},
-    questions, baseline-correct mask)."""
+    """Mean-ablate the neurons of one MLP node (position, layer) in chunks of `chunk`, then each neuron
+    of a chunk that makes questions fail. Returns (failing chunks [(first neuron, fails)],
+    {neuron: (fails, loss increase per answer token (n+2,))} for the neurons of those chunks,
+    questions (B, P), the MLP's activations at that position (B, M))."""
     p, l = mlp
     n, name = model.cfg.n_digits, f"blocks.{l}.mlp.hook_post"
     tokens = questions(task, n, count, seed)
     with torch.inference_mode():
         logits, cache = model.run_with_cache(tokens, names=[name])
     ok = (logits[:, data.logit_slice(n)].argmax(-1) == tokens[:, data.answer_slice(n)]).all(1)
+    base = train.answer_nll(logits, tokens, n)[ok].mean(0)               # (n+2,)
     mean = cache[name][:, p].mean(0)                                    # (M,)
 
     def run(neurons):
@@ -245,20 +250,18 @@ def neuron_ablation(model, task, mlp, count=300, chunk=16, seed=0):
             return x
         with torch.inference_mode():
             out = model.run_with_hooks(tokens, [(name, ablate)])[:, data.logit_slice(n)]
-        fail = ok & (out.argmax(-1) != tokens[:, data.answer_slice(n)]).any(1)
-        fail &= train.answer_nll(out, tokens, n).mean(1) > 0.01
-        wrong = (out.argmax(-1) != tokens[:, data.answer_slice(n)])[fail].sum(0)  # (n+2,)
-        return int(fail.sum()), wrong
+        nll = train.answer_nll(out, tokens, n)                           # (B, n+2)
+        fail = ok & (out.argmax(-1) != tokens[:, data.answer_slice(n)]).any(1) & (nll.mean(1) > 0.01)
+        return int(fail.sum()), nll[ok].mean(0) - base
 
-    found = {}
+    chunks, found = [], {}
     for start in range(0, model.cfg.d_mlp, chunk):
         group = list(range(start, min(start + chunk, model.cfg.d_mlp)))
-        if run(group)[0]:
-            for k in group:
-                fails, wrong = run([k])
-                if fails:
-                    found[k] = (fails, wrong)
-    return found, tokens, cache[name][:, p]
+        fails = run(group)[0]
+        if fails:
+            chunks.append((start, fails))
+            found.update({k: run([k]) for k in group})
+    return chunks, found, tokens, cache[name][:, p]
 
 
 def column_view(tokens, n, k):
@@ -293,32 +296,37 @@ def plot_neurons(acts, views, titles):
 
 def run_neurons(model, task, nodes, out, progress=True, seed=0, per_mlp=4) -> str:
     """Neuron step: for each useful MLP, the neurons whose ablation makes questions fail, and plots of
-    their activations against the sub-task values of the digit they serve (neurons_P..L...png)."""
+    the most harmful ones' activations against the column of the answer digit they serve (the digit
+    whose loss their ablation raises most). Without `nodes`, the MLPs useful by mean-ablation."""
     n, H = model.cfg.n_digits, model.cfg.n_heads
-    mlps = [(p, l) for p, l, h in _node_tuples(model, nodes) if h == H]
+    tuples = _node_tuples(model, nodes) if nodes is not None else useful_by_ablation(model, task, progress=progress)
+    mlps = [(p, l) for p, l, h in tuples if h == H]
     lines = ["## MLP neurons", "", "Neurons mean-ablated in chunks of 16, then one by one inside chunks "
-             "that make questions fail (loss > 0.01 and a wrong answer).", "",
-             "| MLP | neurons that matter (fails) | digit served |", "|---|---|---|"]
+             "that make questions fail (loss > 0.01 and a wrong answer). The digit a neuron serves is the "
+             "answer token whose loss its ablation raises most.", "",
+             "| MLP | failing chunks | neurons that fail questions alone (fails) | digits served |",
+             "|---|---|---|---|"]
     labels = ["sign"] + [f"A{d}" for d in range(n, -1, -1)]
+    figures = []
     for p, l in tqdm(mlps, desc="neurons", disable=not progress, mininterval=0.5):
-        found, tokens, acts = neuron_ablation(model, task, (p, l), seed=seed)
+        chunks, found, tokens, acts = neuron_ablation(model, task, (p, l), seed=seed)
         name = iv.node_name((p, l, H), H)
-        if not found:
-            lines.append(f"| {name} | none alone | - |")
-            continue
-        top = sorted(found, key=lambda k: -found[k][0])
-        serve = {k: int(found[k][1].argmax()) for k in top}
-        lines.append(f"| {name} | " + ", ".join(f"{k} ({found[k][0]})" for k in top[:12]) +
-                     f"{' ...' if len(top) > 12 else ''} | " +
-                     ", ".join(sorted({labels[serve[k]] for k in top})) + " |")
-        top = top[:per_mlp]
-        fig = plot_neurons([acts[:, k] for k in top], [column_view(tokens, n, serve[k]) for k in top],
-                           [f"{name} n{k}: {labels[serve[k]]}, {found[k][0]} fails" for k in top])
-        fname = f"neurons_{name.replace('.', '')}.png"
-        fig.savefig(os.path.join(out, fname), dpi=100)
-        plt.close(fig)
-        lines.append(f"| ![{name}]({fname}) | | |")
-    return "\n".join(lines) + "\n"
+        alone = sorted((k for k in found if found[k][0]), key=lambda k: -found[k][0])
+        harm = sorted(found, key=lambda k: -(found[k][0] * 1e3 + float(found[k][1].max())))[:per_mlp]
+        serve = {k: int(found[k][1].argmax()) for k in found}
+        lines.append(f"| {name} | {len(chunks)} of {-(-model.cfg.d_mlp // 16)} | " +
+                     (", ".join(f"{k} ({found[k][0]})" for k in alone[:12]) or "none") +
+                     (" ..." if len(alone) > 12 else "") + " | " +
+                     (", ".join(sorted({labels[serve[k]] for k in alone or harm})) or "-") + " |")
+        if harm:
+            fig = plot_neurons([acts[:, k] for k in harm], [column_view(tokens, n, serve[k]) for k in harm],
+                               [f"{name} n{k}: {labels[serve[k]]}, {found[k][0]} fails" for k in harm])
+            fname = f"neurons_{name.replace('.', '')}.png"
+            fig.savefig(os.path.join(out, fname), dpi=100)
+            plt.close(fig)
+            figures.append(f"![{name}]({fname})")
+    return "\n".join(lines + [""] + figures) + "\n"
+
 
 # ----------------------------------------------------------------------------- command line
 
@@ -352,6 +360,11 @@ def main(argv=None):
             assert all({"position", "layer", "head"} <= set(d) for d in nodes)
         except (OSError, ValueError, AssertionError, TypeError):
             p.error(f"{args.nodes}: not a JSON list of {{position, layer, head, tags}} nodes")
+        cfg = model.cfg
+        if not all(0 <= d["position"] < cfg.n_ctx and 0 <= d["layer"] < cfg.n_layers and 0 <= d["head"] <= cfg.n_heads
+                   for d in nodes):
+            p.error(f"{args.nodes}: a node lies outside this {cfg.n_layers}-layer, {cfg.n_heads}-head, "
+                    f"{cfg.n_ctx}-position model")
     train.set_threads(model.cfg)
     os.makedirs(args.out, exist_ok=True)
     progress, n = not args.no_progress, model.cfg.n_digits

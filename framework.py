@@ -225,7 +225,7 @@ def make_pairs(task: str, k: int, n: int, count: int, gen: torch.Generator, trie
     for _ in range(tries):
         if have >= count:
             break
-        xa, ya = _draw(4 * count, n, op, gen)
+        xa, ya = _draw(16 * count, n, op, gen)
         xs, ys = xa.clone(), ya.clone()
         if task == "SGN":  # swap the digits of the highest column where they differ: the sign flips
             top = ((xa != ya) * torch.arange(1, n + 1)).argmax(1)           # (B,)

@@ -70,7 +70,7 @@ def intervene(model, store, alter, node_sets, cache=None, chunk=64):
     restricted to hook_z / hook_post) may be passed to reuse it across calls."""
     n, H, B = model.cfg.n_digits, model.cfg.n_heads, len(alter)
     if cache is None:
-        cache = model.run_with_cache(store, names=_is_site)[1]
+        cache = model.run_with_cache(store, names=_is_site)[1]  # inside inference_mode: no graph
     out = []
     for start in range(0, len(node_sets), chunk):
         sets = node_sets[start:start + chunk]
@@ -107,47 +107,53 @@ def subtasks_of(task):
     return {"add": add, "sub": sub, "mix": add + sub}[task]
 
 
-def _search_one(model, store, alter, expected, k, candidates, top_k):
+def _search_one(model, store, alter, expected, k, candidates, max_movers):
     """Smallest passing node sets for one claim: singles, else pairs.
-    Returns (passing sets, (best set tried, its passes))."""
+    Returns (passing sets, (best set tried, its passes), {node in a passing set: pairs it moves alone})."""
     n, B = model.cfg.n_digits, len(alter)
     col = n + 1 - k                                     # index of digit k in `sign A(n)..A0`
-    cache = model.run_with_cache(store, names=_is_site)[1]
+    with torch.inference_mode():
+        cache = model.run_with_cache(store, names=_is_site)[1]
     sets = [[c] for c in candidates]
     pred = intervene(model, store, alter, sets, cache)  # (S, B, n+2)
     tried = list(zip(sets, (pred == expected).all(2).sum(1).tolist()))
     winners = [s for s, e in tried if e == B]
+    moved = (pred[:, :, col] == expected[None, :, col]).sum(1)                    # (S,)
+    alone = {c: int(m) for c, m in zip(candidates, moved)}  # pairs each node moves digit k on, alone
     if not winners:
-        # pairs: two nodes at one position and layer, and pairs of the nodes that move digit k most often
-        moved = (pred[:, :, col] == expected[None, :, col]).sum(1)                # (S,)
-        top = [sets[i][0] for i in moved.argsort(descending=True)[:top_k].tolist() if moved[i] > 0]
-        same = [(a, b) for a, b in itertools.combinations(candidates, 2) if a[:2] == b[:2]]
-        pairs = [list(p) for p in dict.fromkeys(same + list(itertools.combinations(top, 2)))]
+        # pairs of nodes that each move digit k as predicted on their own at least once: this keeps
+        # out "a node that nearly passes alone + a bystander that happens to fix one pair"
+        movers = [sets[i][0] for i in moved.argsort(descending=True)[:max_movers].tolist() if moved[i] > 0]
+        pairs = [list(p) for p in itertools.combinations(movers, 2)]
         if pairs:
             pred = intervene(model, store, alter, pairs, cache)
             tried += list(zip(pairs, (pred == expected).all(2).sum(1).tolist()))
             winners = [s for s, e in tried if e == B]
-    return winners, max(tried, key=lambda t: t[1])
+    # pairs whose weaker member does more on its own first: two partial nodes before a near-complete one
+    winners.sort(key=lambda s: -min(alone[c] for c in s))
+    return winners, max(tried, key=lambda t: t[1]), {c: alone[c] for s in winners for c in s}
 
 
-def discover(model, task, nodes=None, n_pairs=100, seed=0, top_k=8, progress=True):
+def discover(model, task, nodes=None, n_pairs=100, seed=0, max_movers=24, min_pairs=20, progress=True):
     """For every answer digit and sub-task: the smallest node sets whose patch moves the answer exactly
     as the framework predicts on every pair. `nodes`: candidate (position, layer, head) tuples (default all).
     Returns rows {digit, subtask, sets, passed, total, best, best_passed}, sets as lists of nodes."""
     cfg, n = model.cfg, model.cfg.n_digits
     nodes = all_nodes(cfg) if nodes is None else nodes
     gen = torch.Generator().manual_seed(seed)
-    claims = [(t, k) for t in subtasks_of(task) for k in framework.subtask_digits(t, n)]
+    claims = sorted(((t, k) for t in subtasks_of(task) for k in framework.subtask_digits(t, n)),
+                    key=lambda c: (-c[1], subtasks_of(task).index(c[0])))  # answer order: high digit first
     rows = []
     for t, k in tqdm(claims, desc="interventions", disable=not progress, mininterval=0.5):
         store, alter, expected = claim_pairs(model, t, k, n_pairs, gen)
         last = 3 * n + 2 - k        # the position predicting digit k (the sign, k = n+1, at `=`)
         candidates = [c for c in nodes if c[0] <= last]
         row = {"digit": f"A{k}", "subtask": t, "sets": [], "passed": 0, "total": len(alter),
-               "best": [], "best_passed": 0}
-        if len(alter) and candidates:
-            sets, (best, best_passed) = _search_one(model, store, alter, expected, k, candidates, top_k)
-            row.update(sets=sets, passed=len(alter) if sets else best_passed, best=best, best_passed=best_passed)
+               "best": [], "best_passed": 0, "alone": {}}
+        if len(alter) >= min_pairs and candidates:  # a claim tested on a handful of pairs proves little
+            sets, (best, best_passed), alone = _search_one(model, store, alter, expected, k, candidates, max_movers)
+            row.update(sets=sets, passed=len(alter) if sets else best_passed, best=best, best_passed=best_passed,
+                       alone=alone)
         rows.append(row)
     return rows
 
@@ -164,15 +170,24 @@ def algo_tags(rows):
     return tags
 
 
-def table(rows, n_heads) -> str:
-    """The markdown table 'digit | sub-task | node(s) | tests passed'."""
+def _set_name(nodes, row, n_heads):
+    """'P12.L0.H1' for one node; 'P13.L0.H0 (51) + P13.L0.H2 (6)' for a pair, with the pairs each moves alone."""
+    if len(nodes) == 1:
+        return node_name(nodes[0], n_heads)
+    return " + ".join(f"{node_name(x, n_heads)} ({row['alone'][tuple(x)]})" for x in nodes)
+
+
+def table(rows, n_heads, shown=4) -> str:
+    """The markdown table 'digit | sub-task | node(s) | tests passed' (at most `shown` sets a row)."""
     lines = ["| digit | sub-task | node(s) | tests passed |", "|---|---|---|---|"]
     for r in rows:
         if r["sets"]:
-            found = ", ".join(" + ".join(node_name(x, n_heads) for x in s) for s in r["sets"])
+            found = ", ".join(_set_name(s, r, n_heads) for s in r["sets"][:shown])
+            found += f" (+{len(r['sets']) - shown} more sets)" if len(r["sets"]) > shown else ""
             lines.append(f"| {r['digit']} | {r['subtask']} | {found} | {r['passed']}/{r['total']} |")
         else:
             best = " + ".join(node_name(x, n_heads) for x in r["best"]) or "-"
-            lines.append(f"| {r['digit']} | {r['subtask']} | none (best: {best}) | "
+            why = f"best: {best}" if r["total"] >= 20 else "too few pairs the model answers right"
+            lines.append(f"| {r['digit']} | {r['subtask']} | none ({why}) | "
                          f"{r['best_passed']}/{r['total']} |")
     return "\n".join(lines)
