@@ -13,6 +13,8 @@ Steps (each `step_<name>(run)` returns a Markdown section; `--only` picks some, 
   maps       quanta maps: failure %, attention, minimum complexity per operation, answer impact (4.10)
   pca, framework, algorithm, neurons: from algorithm.py (issue 5), if it is there
 Everything goes to out/<model name>/: report.md (every table, figure and a paragraph per step), PNGs, nodes.json.
+This file holds the machinery (questions, scoring, means, ablation hooks, useful nodes) and the command line;
+report.py runs the steps and writes their text, plots.py draws the figures.
 
 Fixed from the reference (SPEC decision 4): ablation means are per layer (not layer 0's for every layer);
 position ablation covers every layer; a question counts as broken by an ablation only if the intact model
@@ -20,7 +22,6 @@ answered it (otherwise a model with one wrong answer makes every node look usefu
 Left out on purpose: the reference's one Impact tag per distinct failing pattern (a node gets one tag with
 the union of the answer digits it breaks, which is what the impact map shows) and its MLP viewer widget.
 """
-import argparse
 import functools
 import glob
 import json
@@ -257,6 +258,7 @@ class Run:
 
     def __init__(self, model, task, out, name, seed=0, kind="mean", size=512, steps=(), progress=True):
         self.model, self.cfg, self.task, self.out, self.name = model, model.cfg, task, out, name
+        self.device = next(model.parameters()).device
         self.n, self.seed, self.kind, self.size, self.steps, self.progress = (
             model.cfg.n_digits, seed, kind, size, steps, progress)
 
@@ -321,7 +323,8 @@ def default_checkpoint(p):
 
 
 def build_parser():
-    p = train.Parser(description="Analyse a trained model: ablations, useful nodes, quanta maps, report.")
+    p = train.Parser(prog="analyse.py",
+                     description="Analyse a trained model: ablations, useful nodes, quanta maps, report.")
     p.add_argument("checkpoint", nargs="?", help="a .pt file (default: the first checkpoints/add_d5_*.pt)")
     p.add_argument("--out", help="output folder (default out/<model name>)")
     p.add_argument("--only", nargs="+", choices=STEPS, metavar="STEP",
@@ -366,12 +369,12 @@ def main(argv=None):
     for step in steps:
         if step == "report":
             continue
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         section = report.STEP_FUNCTIONS[step](run)
         section += f"\n\n_Step `{step}` took {time.time() - t0:.1f} s._\n"
         with open(os.path.join(out, "sections", f"{STEPS.index(step):02d}_{step}.md"), "w") as f:
             f.write(section)
-        print(f"{step}: {time.time() - t0:.1f}s", flush=True)
+        print(f"{step}: {time.time() - t0:.1f}s ({time.process_time() - cpu0:.1f}s CPU)", flush=True)
     report.write_report(run)
     print(f"wrote {os.path.join(out, 'report.md')} in {time.time() - t_all:.1f}s")
     return 0

@@ -64,7 +64,7 @@ def attention_grid(patterns, labels, title, query_labels=None):
     """patterns (L, H, Q, K): one row of heads side by side per layer; `labels` name the key positions
     (and the queries unless `query_labels` is given). The causal mask shows as the white upper triangle."""
     L, H, Q, K = patterns.shape
-    fig, axes = plt.subplots(L, H, figsize=(3.2 * H + 0.6, 3.2 * L + 0.7), squeeze=False)
+    fig, axes = plt.subplots(L, H, figsize=(3.2 * H + 0.8, 3.2 * L + 0.5), squeeze=False, layout="constrained")
     for layer in range(L):
         for head in range(H):
             ax = axes[layer, head]
