@@ -36,7 +36,7 @@ from tqdm import tqdm
 import data
 import plots
 import train
-from model import CheckpointError, load_model, pick_device
+from model import pick_device
 
 FAIL_LOSS = 0.01  # SPEC 4.5: a question fails if its mean answer loss is above this AND a token is wrong
 STEPS = ["accuracy", "attention", "positions", "nodes", "maps", "pca", "framework", "algorithm", "neurons",
@@ -349,14 +349,9 @@ def main(argv=None):
     path = args.checkpoint or default_checkpoint(p)
     try:
         device = pick_device(args.device)
-        model, info = load_model(path, device)
-    except (CheckpointError, ValueError) as e:
+    except ValueError as e:
         p.error(str(e))
-    task = info.get("task") or args.task
-    if task is None:
-        p.error(f"{path}: the checkpoint does not say its task: give --task add, sub or mix")
-    if args.task and args.task != task:
-        p.error(f"{path}: is a {task} model, not {args.task}")
+    model, info, task = train.open_checkpoint(p, path, args.task, device)
     name = os.path.splitext(os.path.basename(path))[0]
     out = args.out or os.path.join("out", name)
     os.makedirs(os.path.join(out, "sections"), exist_ok=True)

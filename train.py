@@ -366,16 +366,23 @@ def resolve(args, p):
     return cfg, tc
 
 
-def verify_checkpoint(args, p, device):
+def open_checkpoint(p, path, task=None, device="cpu"):
+    """Load a checkpoint for a command line: (model, info, task), or a one-line error through parser p.
+    `task` is what the user asked for: required when the checkpoint does not say (TransformerLens files)."""
     try:
-        model, info = load_model(args.checkpoint, device)
+        model, info = load_model(path, device)
     except CheckpointError as e:
         p.error(str(e))
-    task = info.get("task") or args.task
-    if task is None:
-        p.error(f"{args.checkpoint}: the checkpoint does not say its task: give --task")
-    if args.task and args.task != task:
-        p.error(f"{args.checkpoint}: is a {task} model, not {args.task}")
+    found = info.get("task") or task
+    if found is None:
+        p.error(f"{path}: the checkpoint does not say its task: give --task add, sub or mix")
+    if task and task != found:
+        p.error(f"{path}: is a {found} model, not {task}")
+    return model, info, found
+
+
+def verify_checkpoint(args, p, device):
+    model, info, task = open_checkpoint(p, args.checkpoint, args.task, device)
     n = model.cfg.n_digits
     if args.digits is not None and args.digits != n:
         p.error(f"{args.checkpoint}: is a {n}-digit model, not {args.digits}")
