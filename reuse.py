@@ -27,7 +27,11 @@ re-copying every 100 steps after the optimizer step (mode 2: useful heads' Q/K/V
 H - H_source + h; mode 3: all heads' Q/K/V and all MLPs), without resetting Adam's moments.
 --preserve zeroes what the new heads and layers write to the residual stream, so the grown model first
 answers every addition question exactly as the source does.
-Left out on purpose: the successor library's modes 4 and 5, and inserting two models into one.
+After training, reuse_nodes.py mean-ablates every inserted node to say which operation (add, sub with a
+positive or a negative answer) still needs it. Defaults: the new model has one more layer and one more head
+than the source, 80% subtraction batches (the paper), 3x the source's steps, and the source's lr, batch
+size and weight decay. Left out on purpose: the successor library's modes 4 and 5, and inserting two
+models into one.
 """
 import json
 import os
@@ -173,11 +177,12 @@ def read_nodes(path, src_cfg: Config):
 # ----------------------------------------------------------------------------- grow and train
 
 
-def grow(src, cfg, mode="init", seed=1, late=False, faithful=False, preserve=False, useful_heads=()):
-    """A new `cfg` model (initialised from `seed`) with `src` inserted. Returns (model, offset, hooks),
-    hooks being the (after_backward, after_step) that keep the chosen parts as inserted."""
+def grow(src, cfg, mode="init", seed=1, late=False, faithful=False, preserve=False, useful_heads=(), device="cpu"):
+    """A new `cfg` model (initialised from `seed`, on `device`) with `src` inserted. Returns (model, offset,
+    hooks), hooks being the (after_backward, after_step) for train() that keep the chosen parts as inserted."""
     model = Transformer(cfg, torch.Generator().manual_seed(seed))
     offset = insert(src, model, late, faithful, preserve)
+    model.to(device)
     if mode == "init":
         return model, offset, (None, None)
     if faithful:
@@ -192,9 +197,16 @@ def grow(src, cfg, mode="init", seed=1, late=False, faithful=False, preserve=Fal
     return model, offset, (frz.after_backward, frz.after_step)
 
 
-def steps_below(losses, threshold=1e-3):
-    """The first step (1-based) whose loss is below threshold, or None."""
-    return next((i + 1 for i, v in enumerate(losses) if v < threshold), None)
+def steps_below(losses, threshold=1e-3, window=None):
+    """The first step (1-based) where the mean loss of the last `window` steps (default: 1% of them, at
+    least 10) is below threshold, or None. A window, because one lucky batch is not learning: with
+    --preserve the first addition batches are already answered at a loss of ~1e-4."""
+    window = window or max(10, len(losses) // 100)
+    t = torch.tensor(losses, dtype=torch.float64)
+    if len(t) < window:
+        return None
+    below = (t.unfold(0, window, 1).mean(-1) < threshold).nonzero()
+    return int(below[0]) + window if len(below) else None
 
 
 def plot_compare(curves, title=""):
@@ -290,7 +302,7 @@ def run_one(src, cfg, tc, mode, args, heads, device, scratch=False):
         model, offset, (ab, st) = Transformer(cfg, torch.Generator().manual_seed(tc.seed)), None, (None, None)
         name = train.run_name(tc, cfg)
     else:
-        model, offset, (ab, st) = grow(src, cfg, mode, tc.seed, args.late, args.faithful, args.preserve, heads)
+        model, offset, (ab, st) = grow(src, cfg, mode, tc.seed, args.late, args.faithful, args.preserve, heads, device)
         name = train.run_name(tc, cfg, PREFIX[mode]) + "_late" * args.late + "_faithful" * args.faithful \
             + "_preserve" * args.preserve
     history = train.train(model.to(device), tc, device, ab, st, progress=not args.no_progress)
@@ -306,7 +318,9 @@ def compare(src, cfg, tc, mode, args, heads, device):
             t = replace(tc, seed=seed)
             model, _, hist, name = run_one(src, cfg, t, mode, args, heads, device, scratch=kind == "scratch")
             res = train.verify(model, "mix", cfg.n_digits, args.verify, seed, progress=not args.no_progress)
-            train.write_outputs(args.out, name, model, t, hist, res, source=args.source)
+            train.write_outputs(args.out, name, model, t, hist, res, source=args.source,
+                                insert=None if kind == "scratch" else dict(mode=mode, late=args.late,
+                                                                           faithful=args.faithful, preserve=args.preserve))
             named_wrong = sum(r["questions"] - r["correct"] for k, r in res.items() if not k.endswith("random"))
             rows.append(dict(seed=seed, model=kind, final_loss=sum(hist["loss"][-5:]) / len(hist["loss"][-5:]),
                              below_1e3=steps_below(hist["loss"]), add=accuracy(res, "add"), sub=accuracy(res, "sub"),
@@ -317,7 +331,7 @@ def compare(src, cfg, tc, mode, args, heads, device):
     lines = [f"Inserted ({mode}{', faithful' if args.faithful else ''}{', preserve' if args.preserve else ''}) vs "
              f"scratch: `{args.source}` into {cfg.n_layers} layers x {cfg.n_heads} heads, {tc.steps} steps, "
              f"{tc.perc_sub:g}% sub, lr {tc.lr:g}, batch {tc.batch_size}; {args.verify:,} fresh questions per operation.",
-             "", "| seed | model | avg final loss | steps to loss < 1e-3 | add correct | sub correct | named-set errors |",
+             "", "| seed | model | avg final loss | steps to mean loss < 1e-3 | add correct | sub correct | named-set errors |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['seed']} | {r['model']} | {r['final_loss']:.3g} | {r['below_1e3'] or 'never'} | "
@@ -335,7 +349,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         device = pick_device(args.device)
-        src, info = load_model(args.source, device)
+        src, info = load_model(args.source)  # on the CPU: it is copied, never trained
     except (ValueError, CheckpointError) as e:
         p.error(str(e))
     cfg, tc, mode = resolve(args, p, src.cfg, info)

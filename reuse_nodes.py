@@ -9,11 +9,10 @@ addition heads and MLPs do after training on add + sub (the paper's "shared" nod
 A node is a head (layer, h) or an MLP (layer, None) at one position. Each is replaced by its per-layer mean
 over the questions (SPEC decision 4), one node and position at a time, and a question fails when any
 answer token changes. The question sets are addition, subtraction with answer >= 0 and with answer < 0.
-When analyse.py provides `ablate_nodes` (see `_analyse_ablation`), that is used instead of the minimal
-ablation here. Left out on purpose: the reference's tags (impact strings, complexity classes, attention):
+When analyse.py (issue 4) is there, its `ablate_nodes` and `layer_means` do the ablation; otherwise the
+minimal hook here does. Left out on purpose: the reference's tags (impact strings, complexity classes, attention):
 they are analyse.py's job; this file only answers "which operation needs this node".
 """
-import inspect
 from functools import partial
 
 import torch
@@ -22,15 +21,18 @@ from tqdm import tqdm
 import data
 from model import Config
 
+
 def question_sets(n_digits, n_questions, gen, ops=("add", "sub", "neg")):
-    """{add, sub (answer >= 0), neg (answer < 0)}: n_questions fresh questions each, enriched as in training."""
+    """{add, sub (answer >= 0), neg (answer < 0)}: n_questions fresh questions each, drawn in batches of 32
+    so that, as in training, some batches are enriched and some are not (one coin per batch)."""
     sets = {}
     if "add" in ops:
-        sets["add"] = data.random_batch("add", n_digits, n_questions, gen)
+        sets["add"] = torch.cat([data.random_batch("add", n_digits, 32, gen) for _ in range(-(-n_questions // 32))])
+        sets["add"] = sets["add"][:n_questions]
     if "sub" in ops or "neg" in ops:
         pos, neg = [], []
         while sum(map(len, pos)) < n_questions or sum(map(len, neg)) < n_questions:
-            t = data.random_batch("sub", n_digits, n_questions, gen)
+            t = data.random_batch("sub", n_digits, 32, gen)
             is_neg = t[:, 2 * n_digits + 2] == data.MINUS
             pos.append(t[~is_neg])
             neg.append(t[is_neg])
@@ -52,46 +54,49 @@ def _mean_ablate(mean, pos, head, x, hook):
     return x
 
 
-def _analyse_ablation():
-    """analyse.ablate_nodes(model, tokens, n_digits, nodes) -> bool (nodes, B) failures, when analyse.py
-    provides it with that signature (nodes as (position, layer, head), head == n_heads the MLP)."""
+def _analyse():
+    """analyse.py's ablation (issue 4) when it is there: the same per-layer means, one hook for every node."""
     try:
         import analyse
     except ImportError:
         return None
-    fn = getattr(analyse, "ablate_nodes", None)
-    if fn is None or not {"model", "tokens", "n_digits", "nodes"} <= set(inspect.signature(fn).parameters):
-        return None
-    return fn
+    return analyse if all(hasattr(analyse, f) for f in ("ablate_nodes", "layer_means", "failures")) else None
 
 
 @torch.inference_mode()
-def node_failures(model, n_digits, nodes, sets, progress=True):
+def node_failures(model, n_digits, nodes, sets, progress=True, use_analyse=True):
     """Mean-ablate each node (layer, head; head None = the MLP) at each position that can affect an answer,
-    one at a time, with per-layer means over all `sets` questions (SPEC decision 4). Returns
+    one at a time, with per-layer means over all `sets` questions (SPEC decision 4); through analyse.py's
+    `ablate_nodes` when it is there (and use_analyse), else with the minimal hook here. Returns
     ({node: {set: [share of the set's correctly answered questions that fail, per position]}},
      {set: accuracy without ablation})."""
     tokens = torch.cat(list(sets.values()))
     owner = torch.cat([torch.full((len(t),), i) for i, t in enumerate(sets.values())])
     ok0 = _correct(model(tokens), tokens, n_digits)
     base = {k: ok0[owner == i].float().mean().item() for i, k in enumerate(sets)}
-    names = {(l, h): f"blocks.{l}.mlp.hook_post" if h is None else f"blocks.{l}.attn.hook_z" for l, h in nodes}
-    _, cache = model.run_with_cache(tokens, names=sorted(set(names.values())))
-    means = {k: v.mean(0) for k, v in cache.items()}  # (P, H, D) or (P, M)
     positions = range(3 * n_digits + 3)  # the last token predicts nothing
-    external = _analyse_ablation()
+    an = _analyse() if use_analyse else None
+    if an is not None:
+        means = an.layer_means(model, tokens)
+        H = model.cfg.n_heads  # analyse's nodes: {"position", "layer", "head"}, head == n_heads the MLP
+
+        def broken(layer, head, p):
+            node = dict(position=p, layer=layer, head=H if head is None else head)
+            return an.ablate_nodes(model, tokens, [node], means).wrong.any(1)
+    else:
+        names = {(l, h): f"blocks.{l}.mlp.hook_post" if h is None else f"blocks.{l}.attn.hook_z" for l, h in nodes}
+        _, cache = model.run_with_cache(tokens, names=sorted(set(names.values())))
+        means = {k: v.mean(0) for k, v in cache.items()}  # (P, H, D) or (P, M)
+
+        def broken(layer, head, p):
+            name = names[(layer, head)]
+            logits = model.run_with_hooks(tokens, [(name, partial(_mean_ablate, means[name], p, head))])
+            return ~_correct(logits, tokens, n_digits)
     out = {}
-    for node in tqdm(nodes, desc="node ablation", disable=not progress):
-        layer, head = node
-        if external is not None:
-            cells = [(p, layer, model.cfg.n_heads if head is None else head) for p in positions]
-            fails = torch.as_tensor(external(model=model, tokens=tokens, n_digits=n_digits, nodes=cells))
-        else:
-            fails = torch.stack([ok0 & ~_correct(model.run_with_hooks(
-                tokens, [(names[node], partial(_mean_ablate, means[names[node]], p, head))]), tokens, n_digits)
-                for p in positions])  # (positions, B)
-        out[node] = {k: [(fails[p] & ok0 & (owner == i)).sum().item() / max(1, (ok0 & (owner == i)).sum().item())
-                         for p in positions] for i, k in enumerate(sets)}
+    for layer, head in tqdm(nodes, desc="node ablation", disable=not progress):
+        fails = torch.stack([ok0 & broken(layer, head, p) for p in positions])  # (positions, B)
+        out[(layer, head)] = {k: [(fails[p] & (owner == i)).sum().item() / max(1, (ok0 & (owner == i)).sum().item())
+                                  for p in positions] for i, k in enumerate(sets)}
     return out, base
 
 
@@ -99,7 +104,8 @@ def node_name(layer, head):
     return f"L{layer}{'MLP' if head is None else f'H{head}'}"
 
 
-def inserted_node_usage(model, src_cfg: Config, layers_offset: int, n_questions=300, seed=0, progress=True):
+def inserted_node_usage(model, src_cfg: Config, layers_offset: int, n_questions=300, seed=0, progress=True,
+                        use_analyse=True):
     """For every inserted node (the source's heads and MLPs, at their new layers): which operations still
     need it after training. A node serves a set when mean-ablating it at some position makes at least one
     correctly answered question of that set wrong (the reference's threshold). role: add, sub, neg,
@@ -107,7 +113,7 @@ def inserted_node_usage(model, src_cfg: Config, layers_offset: int, n_questions=
     gen = torch.Generator().manual_seed(seed + 2_000_003)
     sets = question_sets(src_cfg.n_digits, n_questions, gen)
     nodes = [(layers_offset + i, h) for i in range(src_cfg.n_layers) for h in [*range(src_cfg.n_heads), None]]
-    fails, base = node_failures(model, src_cfg.n_digits, nodes, sets, progress)
+    fails, base = node_failures(model, src_cfg.n_digits, nodes, sets, progress, use_analyse)
     rows = []
     for (layer, head), per_set in fails.items():
         serves = [k for k, f in per_set.items() if max(f) > 0]

@@ -625,6 +625,94 @@ def test_reuse_node_usage_after_growing():
     own = reuse.inserted_node_usage(model, src.cfg, offset, n_questions=60, progress=False, use_analyse=False)
     assert own == (rows, base), "reuse_nodes' own ablation and analyse.py's should agree"
 
+# ============================================================================= exercises (issue 7)
+
+D5_ADDER = os.path.join(HERE, "checkpoints", "add_d5_l2_h3_t4K_s1.pt")
+
+
+def _wrong_attention(attn, x, mask_after_softmax=False, scale=True):
+    """Attention by hand with a planted mistake: the mask applied after the softmax, or no 1/sqrt(d_head)."""
+    B, P, _ = x.shape
+    q, k, v = (torch.einsum("bpc,hcd->bphd", x, W) + b for W, b in
+               ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)))  # each (B, P, H, D)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / (q.shape[-1] ** 0.5 if scale else 1)  # (B, H, P, P)
+    mask = attn.mask[:P, :P]
+    if mask_after_softmax:
+        pattern = scores.softmax(-1).masked_fill(~mask, 0.0)
+    else:
+        pattern = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return pattern, torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+
+
+def _wrong_implementations():
+    """{exercise: [(what is wrong, fn)]}: the planted mistakes each checker must catch."""
+    import analyse
+    import interventions as iv
+    import reuse
+    from dataclasses import replace
+    sl = data.answer_slice
+
+    def complexity_without_n(t, n):  # negative answers graded as M classes
+        c = data.complexity(t, n)
+        return torch.where(c >= data.COMPLEXITY.index("N1"), c - 4, c)
+
+    def nines_anywhere(t, n):  # counts every sum-9 column, not only those directly above the carry
+        s = t[:, :n] + t[:, n + 1:2 * n + 1]
+        return torch.where((s > 9).any(1), (s == 9).sum(1).clamp(max=4), -1)
+
+    def pca_uncentred(X, k):
+        _, S, Vh = torch.linalg.svd(X, full_matrices=False)
+        return X @ Vh[:k].T, Vh[:k], (S[:k] ** 2) / (S ** 2).sum()
+
+    return {
+        1: [("digits read least significant first", lambda t, n: data.read_answer(torch.cat(
+                [t[:, sl(n)][:, :1], t[:, sl(n)][:, 1:].flip(1)], 1))),
+            ("sign ignored", lambda t, n: data.value_of(t[:, sl(n)][:, 1:]))],
+        2: [("mask applied after the softmax", functools.partial(_wrong_attention, mask_after_softmax=True)),
+            ("scores not scaled", functools.partial(_wrong_attention, scale=False))],
+        3: [("loss over all positions", lambda lg, t, n: -lg[:, :-1].double().log_softmax(-1).gather(
+                -1, t[:, 1:, None])[..., 0]),
+            ("off-by-one prediction position", lambda lg, t, n: train.answer_nll(lg[:, sl(n)], t, n))],
+        4: [("sum-9 columns counted anywhere", nines_anywhere)],
+        5: [("negative answers graded as M classes", complexity_without_n)],
+        6: [("zero-ablation where the mean is asked", lambda m, t, means, p, l, h: analyse.ablate_nodes(
+                m, t, [dict(position=p, layer=l, head=h)], means, kind="zero").wrong)],
+        7: [("PCA without centring", pca_uncentred)],
+        8: [("patch one position too early", lambda m, s, a, nodes: iv.intervene(
+                m, s, a, [[(p - 1, l, h) for p, l, h in nodes]])[0]),
+            ("no patch at all", lambda m, s, a, nodes: m(a)[:, data.logit_slice(m.cfg.n_digits)].argmax(-1))],
+        9: [("new heads not zeroed", lambda src, L, H: reuse.grow(
+                src, replace(src.cfg, n_layers=L, n_heads=H), preserve=False)[0].eval())],
+        10: [("an unrelated node", lambda m: (0, 0, 0)),
+             ("every node at the position predicting A5", lambda m: [x for x in iv.all_nodes(m.cfg) if x[0] == 12])],
+    }
+
+
+def test_exercises_solutions_pass_and_planted_mistakes_fail():
+    import exercises
+    for i, check in exercises.CHECKS.items():
+        kw = {"checkpoint": D5_ADDER} if i == 10 else {}  # the shipped 5-digit adder: fast on a CPU
+        ok, msg = check(exercises.SOLUTIONS[i], **kw)
+        assert ok, f"exercise {i} fails on the reference solution: {msg}"
+        for what, wrong in _wrong_implementations()[i]:
+            ok, msg = check(wrong, **kw)
+            assert not ok and msg, f"exercise {i}: the checker passed a planted mistake ({what})"
+
+
+def test_exercises_cli_stub_and_bad_input():
+    import contextlib
+    import io
+    import exercises
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert exercises.main(["1"]) == 1            # the untouched stub
+        assert exercises.main(["42"]) == 2 and exercises.main(["--all"]) == 2
+    assert out.getvalue().strip() == "exercise 1: FAIL: not implemented yet: fill in the stub in exercises.py " \
+                                     "(see EXERCISES.md)", out.getvalue()
+    assert all(line.startswith("exercises.py: error:") for line in err.getvalue().splitlines())
+    assert len(err.getvalue().splitlines()) == 2
+
+
 # ============================================================================= runner
 
 
