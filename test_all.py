@@ -711,6 +711,9 @@ def test_exercises_cli_stub_and_bad_input():
                                      "(see EXERCISES.md)", out.getvalue()
     assert all(line.startswith("exercises.py: error:") for line in err.getvalue().splitlines())
     assert len(err.getvalue().splitlines()) == 2
+    for i, check in exercises.CHECKS.items():  # every untouched stub: a friendly line, not a traceback
+        ok, msg = check(exercises.STUBS[i], **({"checkpoint": D5_ADDER} if i == 10 else {}))
+        assert not ok and msg.startswith("not implemented yet"), (i, msg)
 
 
 # ============================================================================= runner
