@@ -91,9 +91,11 @@ def set_threads(cfg: Config):
     (d_model 64) model 1.3x faster (96 -> 72 ms) and of the paper's d_model-510 model 1.8x faster
     (1150 -> 630 ms), so models of d_model >= 48 use every core. Tiny models (the tests' d_model 16-32)
     spend their time in per-operation overhead that threads do not shorten: they run on one thread.
+    Set OMP_NUM_THREADS to override (e.g. 1 when several runs share the machine).
     Memory: glibc hands large freed buffers back to the OS and page-faults them in again on the next
     step; raising its mmap/trim thresholds keeps them (measured ~30% faster inference on 2 cores)."""
-    torch.set_num_threads(1 if cfg.d_model < 48 else (os.cpu_count() or 1))
+    chosen = 1 if cfg.d_model < 48 else (os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or chosen))  # the user's setting wins
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: buffers up to 32 MB come from the heap
