@@ -287,6 +287,22 @@ def test_smoke_tiny_model_learns_two_digit_addition():
     assert results["add all"]["correct"] >= 0.99 * 10_000, train.report(results)
 
 
+def test_verify_checks_each_operation_of_a_mixed_task():
+    class Oracle(torch.nn.Module):  # answers addition perfectly and subtraction never
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, tokens, read=slice(None)):
+            logits = torch.nn.functional.one_hot(tokens[:, 1:], 15).float() * 10  # (B, P-1, V): the next token
+            logits[tokens[:, 2] == data.MINUS] *= -1
+            return torch.cat([logits, logits[:, :1]], 1)[:, read]
+    results = train.verify(Oracle(), "mix", 2, 3000, progress=False)
+    assert results["add random"]["correct"] == results["add random"]["questions"] == 3000
+    assert results["sub random"]["correct"] == 0 and results["sub random"]["questions"] == 3000
+    assert set(results["Sub.rule"]["by_class"]) >= {"M0", "N1"} and results["Sub.rule"]["correct"] == 0
+
+
 def test_cli_trains_and_verifies_a_checkpoint():
     with tempfile.TemporaryDirectory() as d:
         code, out, err = run_cli("--digits", "1", "--steps", "30", "--d-model", "16", "--d-head", "8", "--batch-size", "32",

@@ -178,6 +178,13 @@ def all_questions(op, n_digits):
     return data.make_questions(a, b, op, n_digits)
 
 
+def fresh_batches(op, n_digits, n_questions, seed, chunk):
+    """Yield n_questions fresh questions of one operation, `chunk` at a time (never all in memory)."""
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(0, n_questions, chunk):
+        yield data.random_batch(op, n_digits, min(chunk, n_questions - i), gen)
+
+
 def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=65536):
     """Check `n_questions` fresh questions per operation ('all' = every possible question, n <= 3) and
     every named set. The generator is seeded apart from training's (seed + 1_000_003). Returns a dict
@@ -188,9 +195,7 @@ def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=6553
         if n_questions == "all":
             sets[f"{op} all"] = [all_questions(op, n_digits)]
         else:
-            gen = torch.Generator().manual_seed(seed + 1_000_003)
-            sizes = [min(chunk, n_questions - i) for i in range(0, n_questions, chunk)]
-            sets[f"{op} random"] = (data.random_batch(op, n_digits, s, gen) for s in sizes)
+            sets[f"{op} random"] = fresh_batches(op, n_digits, n_questions, seed + 1_000_003, chunk)
     sets.update({k: [v] for k, v in data.named_sets(task, n_digits).items()})
     total = sum(n_questions if isinstance(n_questions, int) else 10 ** (2 * n_digits) for _ in ops_of(task))
     bar = tqdm(total=total, desc="verify", disable=not progress, mininterval=0.5)
