@@ -151,7 +151,7 @@ def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None
 
 
 @torch.inference_mode()
-def score(model, tokens, n_digits, batch_size=2048):
+def score(model, tokens, n_digits, batch_size=1024):
     """Run questions (B, P) in large batches. Returns (correct (B,) bool: every answer token right,
     loss (B,) float: mean answer NLL, predicted answer tokens (B, n+2))."""
     device = next(model.parameters()).device
