@@ -319,6 +319,7 @@ def algorithm_step(run, which):
             md, nodes = algorithm.run_algorithm(run.model, run.task, run.nodes, run.out, run.progress)
             run.nodes = nodes
             write_nodes(os.path.join(run.out, "nodes.json"), nodes)
+            print(md, flush=True)  # the verified algorithm table, also saved as algorithm.md
         else:
             md = getattr(algorithm, f"run_{which}")(run.model, run.task, run.nodes, run.out, run.progress)
     except Exception as e:
