@@ -36,8 +36,9 @@ def matmul_rate(threads, n=1024, reps=20):
 
 
 def forward_flops(cfg: Config, batch, read=None):
-    """Matmul FLOPs of one forward pass; `read` = positions whose logits are read (last block only)."""
-    P, C, H, D, M, V = cfg.n_ctx, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab
+    """Matmul FLOPs of one forward pass; `read` = positions whose logits are read (last block only).
+    With `read` the model also drops the last position, which no read logit can see (model.forward)."""
+    P, C, H, D, M, V = cfg.n_ctx - bool(read), cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab
     total = 0
     for i in range(cfg.n_layers):
         Q = read if (read and i == cfg.n_layers - 1) else P
@@ -78,6 +79,11 @@ def main():
 
     cores = torch.get_num_threads()
     peak = {t: matmul_rate(t) for t in sorted({1, cores})}
+
+    def peak_now():  # the matmul rate at the thread count set_threads chose (OMP_NUM_THREADS may differ)
+        threads = torch.get_num_threads()
+        return peak.get(threads) or matmul_rate(threads)
+
     print(f"machine float32 matmul: " + ", ".join(f"{r / 1e9:.1f} GFLOP/s on {t} thread(s)" for t, r in peak.items()))
 
     rows = {}
@@ -86,7 +92,7 @@ def main():
         per_step, gen = step_time(cfg, tc, args.steps if label == "default" else args.paper_steps)
         threads = torch.get_num_threads()
         flops = 3 * forward_flops(cfg, tc.batch_size, tc.n_digits + 2)
-        share = flops / per_step / peak.get(threads, matmul_rate(threads))
+        share = flops / per_step / peak_now()
         rows[label] = (cfg, tc, per_step)
         print(f"{label:>7}: {sum(p.numel() for p in Transformer(cfg).parameters()):>9,} params, batch {tc.batch_size}, "
               f"{threads} thread(s): {per_step * 1000:7.1f} ms/step, {flops / per_step / 1e9:5.1f} GFLOP/s = "
@@ -104,8 +110,11 @@ def main():
         results = train.verify(model, "add", model.cfg.n_digits, args.questions, seed=info.get("seed", 0), progress=False)
         secs = time.perf_counter() - t
         errors = sum(r["questions"] - r["correct"] for r in results.values())
-        print(f"{args.questions:,}-question check of {path}: {secs:.1f}s = {secs / 60:.2f}x the 60 s target, {errors} errors")
+        rate = forward_flops(model.cfg, args.questions, model.cfg.n_digits + 2) / secs
+        print(f"{args.questions:,}-question check of {path}: {secs:.1f}s = {secs / 60:.2f}x the 60 s target, "
+              f"{errors} errors; {rate / 1e9:.1f} GFLOP/s = {100 * rate / peak_now():.0f}% of the matmul rate")
 
+    verified = 0
     for seed in range(1, args.seeds + 1):
         cfg, tc = configs(["--task", "add", "--digits", "5", "--seed", str(seed)])
         train.set_threads(cfg)
@@ -113,8 +122,12 @@ def main():
         hist = train.train(model, tc, progress=False)
         results = train.verify(model, "add", 5, 1_000_000, seed=seed, progress=False)
         errors = {k: r["questions"] - r["correct"] for k, r in results.items() if r["correct"] < r["questions"]}
+        wrong = sorted({f for r in results.values() for f in r["failures"]})[:4]
+        verified += not errors
         print(f"seed {seed}: trained in {hist['seconds'] / 60:.1f} min, final loss {hist['loss'][-1]:.2e}, "
-              f"errors: {errors or 'none in 1,000,000 and every named set'}")
+              f"errors: {errors or 'none in 1,000,000 and every named set'}" + (f", e.g. {'; '.join(wrong)}" if wrong else ""))
+    if args.seeds:
+        print(f"{verified} of {args.seeds} seeds verified (target: at least 4 of 5)")
 
 
 def tc_str(row):

@@ -131,10 +131,26 @@ def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negat
     return x, y
 
 
+def shorten(x, y, gen: torch.Generator, p_short=0.1):
+    """Make short operands common (issue 3; not in the papers). x, y: (B, n) digits, most significant
+    first, edited in place. Each question, with probability p_short, has the top k digits of both
+    operands set to 0 (k uniform in 1..n-1), so that carries and borrows into 0-and-0 columns with only
+    zeros above (00055+00045=+000100, 00005+00005=+000010) are common. In uniform questions they are
+    rare enough that fast models answered a million of them right and still got those wrong."""
+    B, n = x.shape
+    if n < 2 or p_short <= 0:
+        return x, y
+    k = torch.randint(1, n, (B, 1), generator=gen)                           # (B, 1) digits to clear
+    top = (torch.arange(n) < k) & (torch.rand(B, 1, generator=gen) < p_short)  # (B, n)
+    x[top], y[top] = 0, 0
+    return x, y
+
+
 def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator, perc_sub: float = 50,
-                 enrichment: bool = True, device="cpu") -> torch.Tensor:
+                 enrichment: bool = True, device="cpu", p_short: float = 0.0) -> torch.Tensor:
     """A batch of fresh questions (B, 3n+4), drawn on the CPU from `gen` (so the same seed gives the same
-    batches on any device). For 'mix', one operator for the whole batch: sub with probability perc_sub %."""
+    batches on any device). For 'mix', one operator for the whole batch: sub with probability perc_sub %.
+    `enrichment` is the papers' (`enrich`); `p_short` > 0 adds `shorten` after it (the fast default)."""
     if task == "mix":
         task = "sub" if torch.rand((), generator=gen).item() * 100 < perc_sub else "add"
     if task not in OPS:
@@ -143,6 +159,8 @@ def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator
     y = torch.randint(0, 10, (batch_size, n_digits), generator=gen)
     if enrichment:
         enrich(x, y, task, gen)
+    if p_short > 0:
+        shorten(x, y, gen, p_short)
     return make_questions(value_of(x), value_of(y), task, n_digits).to(device)
 
 # ----------------------------------------------------------------------------- complexity

@@ -222,8 +222,11 @@ class Transformer(nn.Module):
 
     def forward(self, tokens, read=slice(None)):  # tokens: (B, P) int64 -> logits (B, P, V)
         """With `read` (a slice of positions) only those logits are computed: earlier layers still run
-        on every position (later positions attend to them), but the last block's queries, its MLP and
-        the unembedding run only where logits are read. Used by the fast 1M-question check."""
+        on every position up to the last one read (later positions attend to them; positions after it
+        cannot matter), but the last block's queries, its MLP and the unembedding run only where logits
+        are read. Training and the fast 1M-question check use it."""
+        if read.stop is not None and 0 < read.stop < tokens.shape[1]:
+            tokens = tokens[:, :read.stop]  # causal: later positions cannot change the logits that are read
         B, P = tokens.shape
         pos = self.pos_embed.W_pos[:P].expand(B, P, self.cfg.d_model)  # a view, as TransformerLens shapes it
         resid = self.hook_embed(self.embed.W_E[tokens]) + self.hook_pos_embed(pos)  # (B, P, C)

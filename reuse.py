@@ -30,7 +30,7 @@ answers every addition question exactly as the source does.
 After training, reuse_nodes.py mean-ablates every inserted node to say which operation (add, sub with a
 positive or a negative answer) still needs it. Defaults: the new model has one more layer and one more head
 than the source, 80% subtraction batches (the paper), 3x the source's steps, and the source's lr, batch
-size and weight decay. Left out on purpose: the successor library's modes 4 and 5, and inserting two
+size, weight decay and short-operand share (data.shorten). Left out on purpose: the successor library's modes 4 and 5, and inserting two
 models into one.
 """
 import json
@@ -282,7 +282,8 @@ def resolve(args, p, src_cfg, info):
                            batch_size=pick(args.batch_size, "batch_size", src_train.get("batch_size", 256)),
                            lr=pick(args.lr, "lr", src_train.get("lr", 3e-3)),
                            weight_decay=pick(args.weight_decay, "weight_decay", src_train.get("weight_decay", 0.1)),
-                           perc_sub=pick(args.perc_sub, "perc_sub", 80), seed=pick(args.seed, "seed", 1))
+                           perc_sub=pick(args.perc_sub, "perc_sub", 80), seed=pick(args.seed, "seed", 1),
+                           p_short=0.0 if args.preset else src_train.get("p_short", 0.0))  # presets: the paper's data
     if not 0 <= tc.perc_sub <= 100 or tc.lr <= 0 or tc.weight_decay < 0:
         p.error("--perc-sub must be 0..100, --lr positive and --weight-decay not negative")
     mode = args.mode or pre.get("insert", "init")

@@ -136,6 +136,20 @@ def test_enrichment_makes_cascades_common():
     assert s4(rich) > 5 * s4(plain)
 
 
+def test_short_operands_only_zero_top_digits():
+    reference = data.random_batch("add", 5, 500, torch.Generator().manual_seed(0))
+    assert torch.equal(reference, data.random_batch("add", 5, 500, torch.Generator().manual_seed(0), p_short=0))
+    for op in ("add", "sub"):
+        short = data.random_batch(op, 5, 2000, torch.Generator().manual_seed(0), p_short=0.5)
+        for q in data.decode(short[:50]):  # answers stay right
+            assert int(q[12:]) == (int(q[:5]) + int(q[6:11]) if op == "add" else int(q[:5]) - int(q[6:11])), q
+        both_top_zero = (short[:, 0] == 0) & (short[:, 6] == 0)  # first digit of each operand
+        assert 0.4 < both_top_zero.float().mean() < 0.6  # 50% shortened (+1% by chance)
+        x, y = torch.ones(4, 1, dtype=torch.long), torch.ones(4, 1, dtype=torch.long)
+        data.shorten(x, y, torch.Generator().manual_seed(0), 1.0)  # one digit: nothing to shorten
+        assert x.sum() == 4 and y.sum() == 4
+
+
 def test_complexity_of_handmade_sets():
     for n in (5, 6):
         for name, tokens in data.named_sets("mix", n).items():
@@ -271,7 +285,7 @@ def test_cli_bad_input_is_one_line():
             f.write("garbage")
         for args in (["--digits", "0"], ["--digits", "11"], ["--steps", "-1"], ["--task", "mul"], ["--preset", "nope"],
                      ["--checkpoint", os.path.join(d, "missing.pt")], ["--checkpoint", corrupt], ["--lr", "abc"],
-                     ["--device", "tpu"], ["--perc-sub", "120"], ["--verify", "0"], ["--preset", "ins1_mix_d6_l3_h4_t40K"]):
+                     ["--device", "tpu"], ["--perc-sub", "120"], ["--verify", "0"], ["--short-operands", "2"], ["--preset", "ins1_mix_d6_l3_h4_t40K"]):
             msg = cli_error(train.main, args + ["--out", d])
             assert msg.startswith("train.py: error:"), (args, msg)
             assert len(msg.splitlines()) == 1, (args, msg)
