@@ -14,6 +14,7 @@ Left out on purpose: GPU timings (the README records the one GPU run) and timed 
 """
 import argparse
 import glob
+import os
 import time
 
 import torch
@@ -72,7 +73,7 @@ def main():
     p = argparse.ArgumentParser(description="Benchmark training and verification speed against references.")
     p.add_argument("--steps", type=int, default=150, help="steps timed for the default model")
     p.add_argument("--paper-steps", type=int, default=20, help="steps timed for the paper preset")
-    p.add_argument("--checkpoint", help="model for the 1M check (default: checkpoints/add_d5_*.pt)")
+    p.add_argument("--checkpoint", help="model for the 1M check (default: the shipped one the default command made)")
     p.add_argument("--questions", type=int, default=1_000_000, help="questions in the verification check")
     p.add_argument("--seeds", type=int, default=0, help="also train and verify the default with this many seeds")
     args = p.parse_args()
@@ -102,7 +103,9 @@ def main():
     print(f"time to a trained model: default {tc_str(rows['default'])} = {est['default'] / 60:.1f} min (target <= 5), "
           f"paper {tc_str(rows['paper'])} = {est['paper'] / 60:.0f} min; ratio {est['paper'] / est['default']:.0f}x (goal >= 30x)")
 
-    path = args.checkpoint or next(iter(sorted(glob.glob("checkpoints/add_d5_*.pt"))), None)
+    made_by_default = os.path.join("checkpoints", train.run_name(rows["default"][1], rows["default"][0]) + ".pt")
+    path = args.checkpoint or (made_by_default if os.path.exists(made_by_default) else
+                               next(iter(sorted(glob.glob("checkpoints/add_d5_*.pt"))), None))
     if path:
         model, info = load_model(path)
         train.set_threads(model.cfg)

@@ -1,6 +1,7 @@
 """
-Arithmetic questions as tokens: encoding, a vectorised batch generator with enrichment, how hard each
-question is (its complexity class), and the named question sets the papers used.
+Arithmetic questions as tokens: encoding, a vectorised batch generator with the papers' enrichment
+(`enrich`) and this project's short operands (`shorten`, off unless asked for), how hard each question
+is (its complexity class), and the named question sets the papers used.
 
     python data.py --task sub --digits 6       # prints a few questions with their complexity
 
