@@ -30,8 +30,8 @@ answers every addition question exactly as the source does.
 After training, reuse_nodes.py mean-ablates every inserted node to say which operation (add, sub with a
 positive or a negative answer) still needs it. Defaults: the new model has one more layer and one more head
 than the source, 80% subtraction batches (the paper), 3x the source's steps, and the source's lr, batch
-size, weight decay and short-operand share (data.shorten). Left out on purpose: the successor library's modes 4 and 5, and inserting two
-models into one.
+size, weight decay and short-operand share (data.shorten; 0 with a paper preset). Left out on purpose:
+the successor library's modes 4 and 5, and inserting two models into one.
 """
 import json
 import os
