@@ -791,8 +791,11 @@ def test_coursework_cli_after_a_student_solves_exercises():
     states = [line.split()[1] for line in out[:-1]]
     assert rc == 0 and states == ["solved", "not", "not", "solved", "not", "not", "fails", "not", "not", "not"], out
     assert out[-1].startswith("2 of 10 solved"), out
-    rc, out, _ = _run_coursework(["all"], {i: getattr(solutions, n) for i, (n, _) in checks.EXERCISES.items()})
-    assert rc == 0 and len(out) == 10 and all(": PASS: " in line for line in out), out
+    rc, out, _ = _run_coursework(["all"], stubs)
+    assert rc == 1 and [line.split(":")[0] for line in out] == [f"exercise {i}" for i in range(1, 11)], out
+    assert [i for i, line in enumerate(out, 1) if ": PASS: " in line] == [1, 4], out
+    rc, out, _ = _run_coursework(["--solutions", "2", "7"], stubs)  # the reference, whatever the stubs
+    assert rc == 0 and [line[:18] for line in out] == ["exercise 2: PASS: ", "exercise 7: PASS: "], out
     test_coursework_cli_untouched_stubs_and_bad_input()  # unchanged by what the student has solved
 
 
