@@ -63,12 +63,14 @@ def model_at(path):
 
 
 def shape_error(got, want, what):
+    """A one-line message when `got` is not a tensor of `want`'s shape, else None."""
     if not isinstance(got, torch.Tensor) or got.shape != want.shape:
         got = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
         return f"{what}: expected a tensor of shape {tuple(want.shape)}, got {got}"
 
 
 def questions(op, n, count, seed, enrichment=True):
+    """(count, 3n+4) random `op` questions from data.random_batch, the same for the same seed."""
     return data.random_batch(op, n, count, torch.Generator().manual_seed(seed), enrichment=enrichment)
 
 
@@ -80,11 +82,14 @@ def first_wrong_question(got, want, tokens, n, show=lambda v: v.tolist()):
 
 @graded
 def check_1(fn):
+    """Exercise 1, fn(tokens (B, 3n+4), n) -> (B,) signed answers: hand-made questions, then random add/sub."""
     for n, text in ((5, "12345+33333=+045678"), (6, "550030-800020=-0249990"), (5, "99999+00001=+100000"),
                     (3, "000-999=-0999"), (3, "000+000=+0000")):
         want = int(text.split("=")[1])  # Python reads the signed number: the oracle
         got = fn(data.encode(text)[None], n)
-        if shape_error(got, torch.zeros(1), text) or int(got[0]) != want:
+        if shape_error(got, torch.zeros(1), text):
+            return False, shape_error(got, torch.zeros(1), text) + " (one signed answer per question)"
+        if int(got[0]) != want:
             hint = ("the answer digits are written most significant first" if str(abs(want)).strip("0")[::-1] in
                     str(got.tolist()) else "the sign token decides the sign; the n+1 digits after it, the size")
             return False, f"{text}: expected {want}, got {got.tolist()} ({hint})"
@@ -109,6 +114,7 @@ def small_random_model(seed=0):
 
 @graded
 def check_2(fn):
+    """Exercise 2, fn(attn, x (B, P, C)) -> (pattern (B, H, P, P), z (B, P, H, D)): against the hook points."""
     for model in (model_at(TINY), small_random_model()):
         n = model.cfg.n_digits
         toks = questions("add", n, 64, 2)
@@ -139,6 +145,7 @@ def check_2(fn):
 
 @graded
 def check_3(fn):
+    """Exercise 3, fn(logits (B, P, V), tokens (B, P), n) -> (B, n+2) NLL: against train.answer_nll."""
     model = model_at(TINY)
     n = model.cfg.n_digits
     g = torch.Generator().manual_seed(3)
@@ -170,6 +177,7 @@ HAND_CASCADES = {-1: "000+000 123+456 444+555 0+0", 0: "005+005 550+050 190+010 
 
 @graded
 def check_4(fn):
+    """Exercise 4, fn(tokens (B, P), n) -> (B,) cascade length (-1: no carry): hand-made, then random."""
     for length, text in HAND_CASCADES.items():
         pairs = torch.tensor([[int(v) for v in q.split("+")] for q in text.split()])
         toks = data.make_questions(pairs[:, 0], pairs[:, 1], "add", 3)
@@ -189,6 +197,7 @@ def check_4(fn):
 
 @graded
 def check_5(fn):
+    """Exercise 5, fn(tokens (B, P), n) -> (B,) index into data.COMPLEXITY: named sets, all 2-digit, random 5-digit."""
     for name, toks in data.named_sets("mix", 5).items():  # each hand-made set has its class in its name
         if name.endswith(("S0", "S1", "S2", "S3", "S4", "S5", "M0", "M1", "M2", "M3")):
             want = torch.full((len(toks),), data.COMPLEXITY.index(name.split(".")[1]))
@@ -207,6 +216,7 @@ def check_5(fn):
 
 @graded
 def check_6(fn):
+    """Exercise 6, fn(model, tokens, means, position, layer, head) -> (B, n+2) bool wrong: every head, position."""
     model = model_at(TINY)
     n, H = model.cfg.n_digits, model.cfg.n_heads
     toks = analyse.varied_questions("add", n, torch.Generator().manual_seed(6), size=128)
@@ -237,6 +247,7 @@ def align_signs(got, want):
 
 @graded
 def check_7(fn):
+    """Exercise 7, fn(X (N, C), k) -> (projections (N, k), components (k, C), ratios (k,)), up to sign."""
     g = torch.Generator().manual_seed(7)
     X = torch.randn(300, 4, generator=g) * torch.tensor([6.0, 3.0, 1.5, 0.5]) @ torch.randn(4, 24, generator=g) + 5.0
     model = model_at(TINY)
@@ -252,7 +263,8 @@ def check_7(fn):
         if err:
             return False, err
         if not torch.allclose(align_signs(proj, want[0]), want[0], atol=1e-3 * want[0].abs().max()):
-            return False, f"{what}: projections differ (centre X first, then project it on the top k right singular axes)"
+            return False, (f"{what}: projections differ (centre X first, then project it on the top k right "
+                           "singular axes)")
         if not torch.allclose(align_signs(comps.T, want[1].T), want[1].T, atol=1e-3):
             return False, f"{what}: components differ (the rows of Vh from torch.linalg.svd of the centred X)"
         if not torch.allclose(evr, want[2], atol=1e-4):
@@ -272,6 +284,7 @@ def check_7(fn):
 
 @graded
 def check_8(fn):
+    """Exercise 8, fn(model, store, alter, nodes) -> (B, n+2) predicted answer tokens after the patch."""
     model = model_at(TINY)
     n, H = model.cfg.n_digits, model.cfg.n_heads
     store, alter, want = iv.claim_pairs(model, "SA", 1, 60, torch.Generator().manual_seed(8))
@@ -294,6 +307,7 @@ def check_8(fn):
 
 @graded
 def check_9(fn):
+    """Exercise 9, fn(src, n_layers, n_heads) -> a grown model with src's answer logits (to 1e-4)."""
     src = model_at(TINY)
     n = src.cfg.n_digits
     toks = torch.cat([questions(op, n, 300, 9) for op in ("add", "sub")])
@@ -315,6 +329,7 @@ def check_9(fn):
 
 @graded
 def check_10(fn, checkpoint=ADD_D6, n_pairs=100, min_share=0.9):
+    """Exercise 10, fn(model) -> node(s) that pass the claim 'ST of A5' on >= min_share of n_pairs pairs."""
     model = model_at(checkpoint)
     H = model.cfg.n_heads
     nodes = fn(model)
