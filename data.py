@@ -48,11 +48,14 @@ def logit_slice(n_digits: int) -> slice:
 
 
 def encode(s: str) -> torch.Tensor:
-    """'12345+33333=+045678' -> tensor([1, 2, 3, 4, 5, 10, 3, ...])"""
-    try:
-        return torch.tensor([VOCAB.index(c) for c in s], dtype=torch.long)
-    except ValueError:
-        raise ValueError(f"{s!r} has a character outside the vocabulary {VOCAB!r}") from None
+    """'12345+33333=+045678' -> tensor([1, 2, 3, 4, 5, 10, 3, ...]). ValueError naming the first character
+    outside the vocabulary and its position (0-based)."""
+    if not isinstance(s, str):
+        raise ValueError(f"encode takes a string such as '12345+33333=', not a {type(s).__name__}")
+    for i, c in enumerate(s):
+        if c not in VOCAB:
+            raise ValueError(f"{s!r}: character {c!r} at position {i} is not one of {VOCAB!r}")
+    return torch.tensor([VOCAB.index(c) for c in s], dtype=torch.long)
 
 
 def decode(tokens):

@@ -14,6 +14,7 @@ import torch
 
 import data
 import train
+import model as model_lib
 from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model, save_model
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
@@ -745,6 +746,135 @@ def test_exercises_cli_stub_and_bad_input():
     for i, check in exercises.CHECKS.items():  # every untouched stub: a friendly line, not a traceback
         ok, msg = check(exercises.STUBS[i], **({"checkpoint": D5_ADDER} if i == 10 else {}))
         assert not ok and msg.startswith("not implemented yet"), (i, msg)
+
+
+# ============================================================================= model edge: TransformerLens forms,
+# errors at the edge, hooks at absolute positions, checkpoints that always load, generation and --ask
+
+
+def expect_value_error(fn, *words):
+    """Call fn; it must raise one ValueError, on one line, whose message holds every word."""
+    try:
+        fn()
+    except ValueError as e:
+        assert all(w in str(e) for w in words) and "\n" not in str(e), (words, str(e))
+        return str(e)
+    raise AssertionError(f"no ValueError (expected one saying {words})")
+
+
+def test_config_defaults_are_the_laptop_model():
+    cfg = Config(n_digits=5)
+    fast = train.FAST
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == \
+        (fast["layers"], fast["heads"], fast["d_model"], fast["d_head"], fast["d_mlp"]) == (2, 3, 64, 16, 256)
+    cfg, _ = train.resolve(train.build_parser().parse_args(["--preset", "add_d6_l2_h3_t15K"]), train.build_parser())
+    assert (cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.n_digits) == (510, 170, 2040, 6)  # the paper's sizes
+    sd = small_model(d_model=40, d_head=7, d_mlp=50, n_heads=5).state_dict()
+    got = model_lib.config_from_tl_state_dict(sd)  # nothing falls back to a default
+    assert (got.d_model, got.d_head, got.d_mlp, got.n_heads, got.n_digits) == (40, 7, 50, 5, 3)
+
+
+def test_names_filter_and_cache_shorthands():
+    model = small_model()
+    tokens = data.random_batch("add", 3, 4, torch.Generator().manual_seed(0))
+    _, full = model.run_with_cache(tokens)
+    for f in ("blocks.0.attn.hook_z", ["blocks.0.attn.hook_z"], lambda n: n == "blocks.0.attn.hook_z"):
+        logits, cache = model.run_with_cache(tokens, names_filter=f)
+        assert list(cache) == ["blocks.0.attn.hook_z"] and torch.equal(cache["z", 0], full["blocks.0.attn.hook_z"])
+    assert list(model.run_with_cache(tokens, names="blocks.1.hook_resid_post")[1]) == ["blocks.1.hook_resid_post"]
+    # TransformerLens' utils.get_act_name forms, each against the full name
+    for key, name in [(("pattern", 0), "blocks.0.attn.hook_pattern"), (("z", 1), "blocks.1.attn.hook_z"),
+                      (("resid_post", 1), "blocks.1.hook_resid_post"), (("post", 0), "blocks.0.mlp.hook_post"),
+                      (("q", 0), "blocks.0.attn.hook_q"), (("resid_pre", 0), "blocks.0.hook_resid_pre"),
+                      (("attn_out", 0), "blocks.0.hook_attn_out"), (("resid_mid", -1), "blocks.1.hook_resid_mid"),
+                      (("attn", 1), "blocks.1.attn.hook_pattern"), (("attn_scores", 0), "blocks.0.attn.hook_attn_scores"),
+                      (("pre", 1), "blocks.1.mlp.hook_pre"), (("mlp_out", 1), "blocks.1.hook_mlp_out"),
+                      ("embed", "hook_embed"), ("pos_embed", "hook_pos_embed")]:
+        if key[1:2] != (-1,):  # a negative layer is the cache's to resolve, as in TransformerLens
+            assert model_lib.act_name(*((key,) if isinstance(key, str) else key)) == name
+        assert full[key] is full[name], key
+    for bad in (("z", 1), ("nonsense", 0), ("pattern", "0")):  # this cache holds only blocks.0.attn.hook_z
+        try:
+            cache[bad]
+            assert False, bad
+        except KeyError as e:
+            assert "cache" in str(e) or "use a hook name" in str(e)
+    for bad in ("blocks.0.attn.hook_zz", ["blocks.0.attn.hook_z", "nope"]):
+        for call in (lambda: model.run_with_cache(tokens, names_filter=bad), lambda: model.run_with_hooks(tokens, [(bad, print)])):
+            try:
+                call()
+                assert False, bad
+            except KeyError as e:
+                assert "no hook point named" in str(e)
+    seen = []
+    model.run_with_hooks(tokens, [(["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], lambda x, hook: seen.append(hook.name))])
+    assert seen == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+
+
+def test_one_sequence_is_a_batch_of_one_and_bad_tokens_are_one_value_error():
+    model = small_model()
+    tokens = data.random_batch("add", 3, 4, torch.Generator().manual_seed(0))
+    one = model(tokens[2])
+    assert one.shape == (1, 13, 15) and torch.allclose(one, model(tokens)[2:3], atol=1e-6)
+    assert model(tokens.int()).shape == (4, 13, 15)  # any integer dtype
+    bad = tokens.clone()
+    bad[1, 3] = 99
+    expect_value_error(lambda: model(bad), "99", "0 to 14")
+    bad[1, 3] = -1
+    expect_value_error(lambda: model(bad), "-1", "0 to 14")
+    expect_value_error(lambda: model(torch.zeros(2, 14, dtype=torch.long)), "n_ctx = 13", "(2, 14)")
+    expect_value_error(lambda: model(tokens.float()), "integer", "float32")
+    expect_value_error(lambda: model(tokens[None]), "(batch, positions)", "(1, 4, 13)")
+    expect_value_error(lambda: model(tokens.tolist()), "integer tensor", "list")
+    expect_value_error(lambda: model(tokens, [11, 12]), "slice")
+    expect_value_error(lambda: model.generate(tokens[:, :9], 5), "max_new_tokens", "0..4")
+    expect_value_error(lambda: data.encode("12a45+1"), "'a'", "position 2")
+    expect_value_error(lambda: data.encode("1+2=3 "), "' '", "position 5")
+
+
+def test_hooks_see_absolute_positions_with_and_without_read():
+    model = small_model(seed=3)
+    tokens = data.random_batch("add", 3, 6, torch.Generator().manual_seed(2))
+    read = data.logit_slice(3)  # positions 7..11
+    for name, index in [("blocks.1.hook_resid_mid", (slice(None), 9)), ("blocks.1.attn.hook_q", (slice(None), 8, 1)),
+                        ("blocks.1.attn.hook_pattern", (slice(None), 0, 10)), ("blocks.1.mlp.hook_post", (slice(None), 7)),
+                        ("blocks.0.attn.hook_z", (slice(None), 5))]:
+        shapes = []
+
+        def patch(x, hook):
+            shapes.append(x.shape)
+            x = x.clone()
+            x[index] = 0.0  # an absolute position: the same one with or without read
+            return x
+        with_read = model.run_with_hooks(tokens, [(name, patch)], read=read)
+        without = model.run_with_hooks(tokens, [(name, patch)])[:, read]
+        assert torch.equal(with_read, without), name
+        assert not torch.allclose(with_read, model(tokens, read)), name  # the patch did change the logits
+        axis = 2 if "pattern" in name else 1  # the query axis
+        assert shapes[0][axis] == 12 and shapes[1][axis] == 13, (name, shapes)  # every position up to the last read
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: "hook_q" in n, read=read)
+    assert cache["q", 1].shape == (6, 12, 3, 12)
+    assert torch.equal(model(tokens, read), model(tokens)[:, read])  # the no-hook fast path: same logits
+
+
+def test_checkpoint_info_becomes_plain_values_or_is_refused():
+    import numpy as np
+    model = small_model(seed=5)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.pt")
+        save_model(path, model, final_loss=np.float64(1e-7), steps=np.int64(3), acc=torch.tensor(0.5),
+                   curve=np.arange(3), nested={"x": [np.float32(2.5), (torch.tensor(7),)]}, table=torch.ones(2))
+        _, info = load_model(path)
+        assert info["final_loss"] == 1e-7 and type(info["final_loss"]) is float and type(info["steps"]) is int
+        assert info["acc"] == 0.5 and info["curve"] == [0, 1, 2] and info["nested"] == {"x": [2.5, (7,)]}
+        assert torch.equal(info["table"], torch.ones(2))
+        for bad, where in [(dict(run=object()), "info['run']"), (dict(h={"f": [1, print]}), "info['h']['f'][1]")]:
+            try:
+                save_model(os.path.join(d, "bad.pt"), model, **bad)
+                assert False, bad
+            except CheckpointError as e:
+                assert where in str(e) and "weights_only" in str(e) and "\n" not in str(e), str(e)
+        assert os.listdir(d) == ["m.pt"]  # nothing written for the refused ones
 
 
 # ============================================================================= runner
