@@ -41,6 +41,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+import evaluate
 import train
 from model import CheckpointError, Config, Transformer, load_model, pick_device
 from reuse_nodes import inserted_node_usage, node_name, usage_table, useful_source_heads
@@ -318,7 +319,7 @@ def compare(src, cfg, tc, mode, args, heads, device):
         for kind in curves:
             t = replace(tc, seed=seed)
             model, _, hist, name = run_one(src, cfg, t, mode, args, heads, device, scratch=kind == "scratch")
-            res = train.verify(model, "mix", cfg.n_digits, args.verify, seed, progress=not args.no_progress)
+            res = evaluate.verify(model, "mix", cfg.n_digits, args.verify, seed, progress=not args.no_progress)
             train.write_outputs(args.out, name, model, t, hist, res, source=args.source,
                                 insert=None if kind == "scratch" else dict(mode=mode, late=args.late,
                                                                            faithful=args.faithful, preserve=args.preserve))
@@ -373,8 +374,8 @@ def main(argv=None):
     extra = dict(source=args.source, insert=dict(mode=mode, offset=offset, late=args.late, faithful=args.faithful,
                                                  preserve=args.preserve, frozen_heads=sorted(heads)))
     train.write_outputs(args.out, name, model, tc, history, **extra)  # saved before checking
-    results = train.verify(model, "mix", cfg.n_digits, args.verify, tc.seed, progress=not args.no_progress)
-    print(train.report(results))
+    results = evaluate.verify(model, "mix", cfg.n_digits, args.verify, tc.seed, progress=not args.no_progress)
+    print(evaluate.report(results))
     if args.usage > 0:
         rows, base = inserted_node_usage(model.cpu(), src.cfg, offset, args.usage, tc.seed, not args.no_progress)
         print("what the inserted nodes do now (mean ablation, share of correct answers broken):")

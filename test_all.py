@@ -13,6 +13,7 @@ import time
 import torch
 
 import data
+import evaluate
 import train
 import model as model_lib
 from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model, save_model
@@ -197,8 +198,8 @@ def test_answer_loss_reads_only_answers():
     logits = torch.zeros(4, 13, 15)
     logits[:, data.logit_slice(3)] = torch.nn.functional.one_hot(tokens[:, data.answer_slice(3)], 15) * 50.0
     logits[:, :7] = torch.randn(4, 7, 15)  # question positions: no influence on the loss
-    assert train.answer_nll(logits, tokens, 3).max() < 1e-12
-    assert train.answer_nll(logits, tokens, 3).dtype == torch.float64
+    assert evaluate.answer_nll(logits, tokens, 3).max() < 1e-12
+    assert evaluate.answer_nll(logits, tokens, 3).dtype == torch.float64
 
 
 def test_checkpoint_round_trip_and_errors():
@@ -298,9 +299,9 @@ def test_cli_bad_input_is_one_line():
 def test_smoke_tiny_model_learns_two_digit_addition():
     t = time.time()
     model = tiny_model("add", 2, 600)
-    results = train.verify(model, "add", 2, "all", progress=False)
+    results = evaluate.verify(model, "add", 2, "all", progress=False)
     assert time.time() - t < 60
-    assert results["add all"]["correct"] >= 0.99 * 10_000, train.report(results)
+    assert results["add all"]["correct"] >= 0.99 * 10_000, evaluate.report(results)
 
 
 def test_verify_checks_each_operation_of_a_mixed_task():
@@ -313,7 +314,7 @@ def test_verify_checks_each_operation_of_a_mixed_task():
             logits = torch.nn.functional.one_hot(tokens[:, 1:], 15).float() * 10  # (B, P-1, V): the next token
             logits[tokens[:, 2] == data.MINUS] *= -1
             return torch.cat([logits, logits[:, :1]], 1)[:, read]
-    results = train.verify(Oracle(), "mix", 2, 3000, progress=False)
+    results = evaluate.verify(Oracle(), "mix", 2, 3000, progress=False)
     assert results["add random"]["correct"] == results["add random"]["questions"] == 3000
     assert results["sub random"]["correct"] == 0 and results["sub random"]["questions"] == 3000
     assert set(results["Sub.rule"]["by_class"]) >= {"M0", "N1"} and results["Sub.rule"]["correct"] == 0
@@ -437,7 +438,7 @@ def test_analyse_cli_writes_report_and_nodes():
 def test_framework_agrees_with_integers_on_every_3_digit_pair():
     import framework
     for op in ("add", "sub"):
-        q = train.all_questions(op, 3)                                # all 10^6 pairs
+        q = evaluate.all_questions(op, 3)                                # all 10^6 pairs
         a, b, _, _ = data.parse_questions(q, 3)
         pred = framework.answer_tokens(*framework.framework_answer(a, b, op, 3))
         assert torch.equal(pred, q[:, data.answer_slice(3)]), op
@@ -704,7 +705,7 @@ def _wrong_implementations():
             ("scores not scaled", functools.partial(_wrong_attention, scale=False))],
         3: [("loss over all positions", lambda lg, t, n: -lg[:, :-1].double().log_softmax(-1).gather(
                 -1, t[:, 1:, None])[..., 0]),
-            ("off-by-one prediction position", lambda lg, t, n: train.answer_nll(lg[:, sl(n)], t, n))],
+            ("off-by-one prediction position", lambda lg, t, n: evaluate.answer_nll(lg[:, sl(n)], t, n))],
         4: [("sum-9 columns counted anywhere", nines_anywhere)],
         5: [("negative answers graded as M classes", complexity_without_n)],
         6: [("zero-ablation where the mean is asked", lambda m, t, means, p, l, h: analyse.ablate_nodes(
