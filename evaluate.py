@@ -108,3 +108,52 @@ def report(results) -> str:
         row(name, "all", r["questions"], r["correct"])
     fails = [f for r in results.values() for f in r["failures"]]
     return "\n".join(lines + (["first failures:"] + ["  " + f for f in fails[:10]] if fails else ["no failures"]))
+
+# ----------------------------------------------------------------------------- asking: answers generated token by token
+
+SYMBOLS = {"+": "add", "-": "sub"}  # the operators a question may use; data.OPS gives their tokens
+UNKNOWN_OPERATORS = "*/x×÷\\"        # read as an operator (then refused) rather than as a bad digit
+
+
+def parse_question(question: str, task: str, n_digits: int):
+    """'12345+67890' (spaces and a final '=' allowed, operands of up to n_digits digits) -> (a, op, b)
+    with op 'add' or 'sub'. Raises ValueError, in one line naming the question, for a missing or unknown
+    operator, an operator the task does not answer, or an operand that is not a number from 0 to 10^n - 1."""
+    q = "".join(question.split()).removesuffix("=")
+    ops = ops_of(task)
+    model = f"{'an' if task == 'add' else 'a'} {task} model, which answers " + \
+        " or ".join(f"a{s}b" for s, op in SYMBOLS.items() if op in ops)
+    at = next((i for i, c in enumerate(q) if i > 0 and (c in SYMBOLS or c in UNKNOWN_OPERATORS)), None)
+    if at is None:
+        raise ValueError(f"{question!r}: no operator ({model})")
+    sym, a, b = q[at], q[:at], q[at + 1:]
+    if SYMBOLS.get(sym) not in ops:
+        raise ValueError(f"{question!r}: the operator {sym!r} is not for {model}")
+    for s in (a, b):
+        if not s:
+            raise ValueError(f"{question!r}: an operand is missing ({model})")
+        if not (s.isascii() and s.isdigit()):
+            raise ValueError(f"{question!r}: {s!r} is not a number (operands are 0 to {10 ** n_digits - 1})")
+        if len(s.lstrip("0")) > n_digits:
+            raise ValueError(f"{question!r}: {s} has {len(s.lstrip('0'))} digits; this is a {n_digits}-digit model")
+    return int(a), SYMBOLS[sym], int(b)
+
+
+@torch.inference_mode()
+def ask(model, questions, task, batch_size=1024):
+    """Answer question strings by greedy generation (`Transformer.generate`) from the prompt `a op b =`,
+    with no teacher forcing. Returns (answers, probs): each answer as the model writes it, sign and n+1
+    digits ('+080235'; `int()` reads it), and probs (B, n+2) float64, the probability of each answer
+    token it chose. ValueError for the first bad question (`parse_question`)."""
+    n = model.cfg.n_digits
+    parsed = [parse_question(q, task, n) for q in questions]
+    prompts = [data.encode(f"{a:0{n}d}{'+' if op == 'add' else '-'}{b:0{n}d}=") for a, op, b in parsed]
+    if not prompts:
+        return [], torch.zeros(0, n + 2, dtype=torch.float64)
+    device = next(model.parameters()).device
+    answers, probs = [], []
+    for chunk in torch.stack(prompts).split(batch_size):  # (b, 2n+2) each
+        tokens, p = model.generate(chunk.to(device), n + 2, return_probs=True)  # (b, 3n+4), (b, n+2)
+        answers += data.decode(tokens[:, data.answer_slice(n)].cpu())
+        probs.append(p.cpu())
+    return answers, torch.cat(probs)

@@ -366,8 +366,8 @@ class Transformer(nn.Module):
         """Greedy decoding, as TransformerLens' `generate(..., do_sample=False)`: append the most likely
         next token `max_new_tokens` times, each step run on the prompt and everything generated so far
         (no teacher forcing). tokens: a prompt (B, P) or (P,), P + max_new_tokens <= n_ctx.
-        Returns tokens (B, P + N); with `return_probs` also probs (B, N), each chosen token's softmax
-        probability. Ties go to the lower token id, as argmax breaks them in the teacher-forced check."""
+        Returns tokens (B, P + N); with `return_probs` also probs (B, N), float64, each chosen token's
+        softmax probability. Ties go to the lower token id, as argmax breaks them in the teacher-forced check."""
         tokens = self.check_tokens(tokens)
         room = self.cfg.n_ctx - tokens.shape[1]  # n_ctx minus the prompt's length
         if not 0 <= max_new_tokens <= room:
@@ -377,11 +377,11 @@ class Transformer(nn.Module):
             P = tokens.shape[1]
             logits = self(tokens, slice(P - 1, P))[:, 0]  # (B, V): the next token's logits only
             nxt = logits.argmax(-1)  # (B,)
-            probs.append(logits.float().softmax(-1).gather(1, nxt[:, None])[:, 0])
+            probs.append(logits.double().softmax(-1).gather(1, nxt[:, None])[:, 0])  # float64: p near 1
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)  # (B, P + 1)
         if not return_probs:
             return tokens
-        return tokens, torch.stack(probs, 1) if probs else torch.zeros(len(tokens), 0)
+        return tokens, torch.stack(probs, 1) if probs else torch.zeros(len(tokens), 0, dtype=torch.float64)
 
 # ----------------------------------------------------------------------------- checkpoints
 

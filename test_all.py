@@ -260,9 +260,10 @@ def test_load_transformer_lens_state_dict():
     assert torch.allclose(model(tokens), reference_forward(sd, tokens, 2), atol=1e-4)
 
 
-def run_cli(*args, script="train.py"):
+def run_cli(*args, script="train.py", input=None):
     import subprocess
-    r = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True, timeout=120,
+                       input=input)
     return r.returncode, r.stdout, r.stderr
 
 
@@ -876,6 +877,81 @@ def test_checkpoint_info_becomes_plain_values_or_is_refused():
             except CheckpointError as e:
                 assert where in str(e) and "weights_only" in str(e) and "\n" not in str(e), str(e)
         assert os.listdir(d) == ["m.pt"]  # nothing written for the refused ones
+
+
+D5_ADDER_6K = os.path.join(HERE, "checkpoints", "add_d5_l2_h3_t6K_s1.pt")
+
+
+def test_generation_agrees_with_the_teacher_forced_check():
+    import evaluate
+    shipped, _ = load_model(D5_ADDER_6K)
+    noisy, _ = load_model(D5_ADDER_6K)  # the control: a damaged copy that gets many answers wrong
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.02)  # ~1 in 4 wrong
+    tokens = torch.cat([data.random_batch("add", 5, 500, torch.Generator().manual_seed(s), enrichment=bool(s))
+                        for s in (0, 1)] + list(data.named_sets("add", 5).values()))
+    questions = [q[:11] for q in data.decode(tokens)]  # '12345+67890'
+    for model, wrong in ((shipped, False), (noisy, True)):
+        ok, _, pred = evaluate.score(model, tokens, 5, with_loss=False)
+        answers, probs = evaluate.ask(model, questions, "add")
+        got = data.encode("".join(answers)).view(len(answers), 7)  # (B, n+2)
+        right = (got == tokens[:, data.answer_slice(5)]).all(1)
+        assert torch.equal(right, ok), "generation and teacher forcing disagree on which answers are right"
+        assert bool((~ok).any()) == wrong, int((~ok).sum())  # the control really has wrong answers
+        assert torch.equal(got[ok], pred[ok])
+        # where an answer goes wrong, generation and teacher forcing pick the same first wrong token
+        first = (pred != tokens[:, data.answer_slice(5)]).long().argmax(1)
+        assert torch.equal(got[~ok].gather(1, first[~ok, None]), pred[~ok].gather(1, first[~ok, None]))
+        with torch.no_grad():
+            logits = model(tokens, data.logit_slice(5)).double().softmax(-1)  # (B, n+2, V), teacher forced
+        want = logits.gather(2, tokens[:, data.answer_slice(5), None])[..., 0]
+        assert torch.allclose(probs[ok], want[ok], atol=1e-5)
+    assert evaluate.ask(shipped, ["99999+1", " 0 + 0 =", "00012+3"], "add")[0] == ["+100000", "+000000", "+000015"]
+    one = shipped.generate(data.encode("12345+67890="), 7)  # a 1-D prompt: a batch of one
+    assert one.shape == (1, 19) and data.decode(one[0]) == "12345+67890=+080235"
+
+
+def test_parse_question_names_each_problem():
+    import evaluate
+    assert evaluate.parse_question(" 123 - 45 =", "sub", 3) == (123, "sub", 45)
+    assert evaluate.parse_question("00099+1", "mix", 3) == (99, "add", 1)
+    for q, task, words in [("12a+3", "add", "'12a' is not a number"), ("1234+1", "add", "4 digits; this is a 3-digit"),
+                           ("5-3", "add", "'-' is not for an add model, which answers a+b"),
+                           ("5*3", "mix", "'*' is not for a mix model, which answers a+b or a-b"),
+                           ("123", "sub", "no operator"), ("-5+3", "add", "'-5' is not a number"),
+                           ("5+", "add", "operand is missing"), ("1+2+3", "add", "'2+3' is not a number")]:
+        expect_value_error(lambda: evaluate.parse_question(q, task, 3), repr(q), words)
+
+
+def test_ask_cli_answers_reports_and_refuses_bad_questions():
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = train.main(["--checkpoint", D5_ADDER_6K, "--ask", "12345+67890", "12a45+1", "99999+1", "123456+1", "5-3"])
+    lines = out.getvalue().splitlines()
+    assert code == 2 and len(lines) == 2, (code, out.getvalue())
+    assert lines[0].startswith("12345+67890 = 80235  right  S2  least sure: ") and "(p = " in lines[0]
+    assert lines[1].startswith("99999+1 = 100000  right  S5  least sure: ")
+    bad = err.getvalue().splitlines()
+    assert len(bad) == 3 and all(b.startswith("train.py: bad question: ") for b in bad), bad
+    assert "'12a45'" in bad[0] and "6 digits" in bad[1] and "'-'" in bad[2]
+    # a wrong answer: a damaged model, saved as a checkpoint, exits 1 and says what was expected
+    model, info = load_model(D5_ADDER_6K)
+    with torch.no_grad():
+        model.unembed.b_U[5] += 100.0  # every answer digit becomes 5
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "broken.pt")
+        save_model(path, model, task="add")
+        code, stdout, stderr = run_cli("--checkpoint", path, "--ask", "-", input="12345+67890\n\n11+11\n")
+    assert code == 1 and stderr == "", (code, stderr)
+    assert stdout.splitlines()[0].startswith("12345+67890 = ") and "WRONG, expected 80235" in stdout
+    assert len(stdout.splitlines()) == 2  # the blank line is skipped
+    for args in (["--ask", "1+1"], ["--checkpoint", D5_ADDER_6K, "--ask", "1+1", "--digits", "6"],
+                 ["--checkpoint", D5_ADDER_6K, "--ask", "1+1", "--task", "sub"]):
+        msg = cli_error(train.main, args)
+        assert msg.startswith("train.py: error:") and len(msg.splitlines()) == 1, (args, msg)
 
 
 # ============================================================================= runner

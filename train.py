@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from evaluate import answer_nll, report, verify
+from evaluate import answer_nll, ask, parse_question, report, verify
 from model import CheckpointError, Config, Transformer, load_model, pick_device, save_model
 
 # ----------------------------------------------------------------------------- configurations
@@ -247,6 +247,8 @@ def build_parser():
                    help="fresh questions to check per operation after training, or 'all' (n <= 3)")
     p.add_argument("--checkpoint", help="with --verify: check this checkpoint instead of training")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--ask", nargs="+", metavar="QUESTION", help="with --checkpoint: answer questions such as "
+                   "12345+67890 by generation, token by token ('-': one question a line from standard input)")
     return p
 
 
@@ -316,6 +318,51 @@ def verify_checkpoint(args, p, device):
     return results
 
 
+# ----------------------------------------------------------------------------- --ask: questions answered by generation
+
+
+def ask_checkpoint(args, p, device):
+    """Answer each --ask question by greedy generation (evaluate.ask) and print it with the verdict of
+    Python's integers, its complexity class and its least confident answer token (sign, A(n)..A0).
+    A bad question gets one line on stderr and the rest are still answered.
+    Returns 0 when every answer is right, 1 when one is wrong, 2 when a question was bad."""
+    if not args.checkpoint:
+        p.error("--ask needs --checkpoint CKPT: the model to ask")
+    model, info, task = open_checkpoint(p, args.checkpoint, args.task, device)
+    n = model.cfg.n_digits
+    if args.digits is not None and args.digits != n:
+        p.error(f"{args.checkpoint}: is a {n}-digit model, not {args.digits}")
+    questions = [q for arg in args.ask for q in (sys.stdin.read().splitlines() if arg == "-" else [arg]) if q.strip()]
+    if not questions:
+        p.error("--ask: no questions given (standard input was empty)")
+    parsed = {}
+    for q in questions:
+        try:
+            parsed[q] = parse_question(q, task, n)
+        except ValueError as e:
+            parsed[q] = str(e)
+    good = [q for q in questions if isinstance(parsed[q], tuple)]
+    answers, probs = ask(model, good, task)  # probs: (len(good), n+2)
+    found = dict(zip(good, zip(answers, probs)))
+    names = ["sign"] + [f"A{i}" for i in range(n, -1, -1)]
+    status = 0
+    for q in questions:
+        if not isinstance(parsed[q], tuple):
+            print(f"{p.prog}: bad question: {parsed[q]}", file=sys.stderr, flush=True)
+            status = 2
+            continue
+        (a, op, b), (answer, prob) = parsed[q], found[q]
+        want = a + b if op == "add" else a - b
+        cls = data.COMPLEXITY[data.complexity(data.make_questions([a], [b], op, n), n)[0]]
+        k = int(prob.argmin())
+        sure = f"1 - {1 - prob[k]:.1e}" if prob[k] > 0.999 else f"{prob[k]:.4f}"  # float64: 1 - p is exact enough
+        verdict = "right" if int(answer) == want else f"WRONG, expected {want}"
+        print(f"{a}{'+' if op == 'add' else '-'}{b} = {int(answer)}  {verdict}  {cls}  "
+              f"least sure: {names[k]} = {answer[k]} (p = {sure})", flush=True)
+        status = status or (int(answer) != want)
+    return int(status)
+
+
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
@@ -323,6 +370,8 @@ def main(argv=None):
         device = pick_device(args.device)
     except ValueError as e:
         p.error(str(e))
+    if args.ask:
+        return ask_checkpoint(args, p, device)
     if args.checkpoint:
         results = verify_checkpoint(args, p, device)
         return 0 if all(r["correct"] == r["questions"] for r in results.values()) else 1
