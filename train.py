@@ -352,15 +352,23 @@ def ask_checkpoint(args, p, device):
             status = 2
             continue
         (a, op, b), (answer, prob) = parsed[q], found[q]
-        want = a + b if op == "add" else a - b
-        cls = data.COMPLEXITY[data.complexity(data.make_questions([a], [b], op, n), n)[0]]
+        tokens = data.make_questions([a], [b], op, n)  # (1, 3n+4) with the true answer
+        want = data.decode(tokens[0, data.answer_slice(n)])  # '+080235': every token must match, as in verify
+        cls = data.COMPLEXITY[data.complexity(tokens, n)[0]]
         k = int(prob.argmin())
         sure = f"1 - {1 - prob[k]:.1e}" if prob[k] > 0.999 else f"{prob[k]:.4f}"  # float64: 1 - p is exact enough
-        verdict = "right" if int(answer) == want else f"WRONG, expected {want}"
-        print(f"{a}{'+' if op == 'add' else '-'}{b} = {int(answer)}  {verdict}  {cls}  "
+        verdict = "right" if answer == want else f"WRONG, expected {readable(want)}"
+        print(f"{a}{'+' if op == 'add' else '-'}{b} = {readable(answer)}  {verdict}  {cls}  "
               f"least sure: {names[k]} = {answer[k]} (p = {sure})", flush=True)
-        status = status or (int(answer) != want)
-    return int(status)
+        status = status or int(answer != want)
+    return status
+
+
+def readable(answer: str) -> str:
+    """An answer as the model writes it, '+080235', shown as a number, '80235'; '-0' and odd token strings
+    ('+0=8023') are shown as they are, since the check compares every token."""
+    sign, digits = answer[0], answer[1:].lstrip("0") or "0"
+    return answer if sign not in "+-" or not digits.isdigit() else ("-" if sign == "-" else "") + digits
 
 
 def main(argv=None):
