@@ -59,10 +59,14 @@ def encode(s: str) -> torch.Tensor:
 
 
 def decode(tokens):
-    """A 1-D tensor gives one string, a 2-D tensor a list of strings."""
+    """A 1-D tensor gives one string, a 2-D tensor a list of strings. ValueError for an id outside VOCAB."""
     if tokens.dim() == 2:
         return [decode(t) for t in tokens]
-    return "".join(VOCAB[t] for t in tokens.tolist())
+    ids = tokens.tolist()
+    bad = [t for t in ids if not 0 <= t < len(VOCAB)]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary: ids run from 0 to {len(VOCAB) - 1}")
+    return "".join(VOCAB[t] for t in ids)
 
 
 def digits_of(values: torch.Tensor, n: int) -> torch.Tensor:

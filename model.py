@@ -396,7 +396,7 @@ def plain(value):
     if isinstance(value, dict):
         return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(plain(v) for v in value)
+        return [plain(v) for v in value] if isinstance(value, list) else tuple(plain(v) for v in value)
     if isinstance(value, torch.Tensor):
         return value.item() if value.dim() == 0 else value.detach().cpu()
     if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numpy, without importing it

@@ -832,6 +832,7 @@ def test_one_sequence_is_a_batch_of_one_and_bad_tokens_are_one_value_error():
     expect_value_error(lambda: model.generate(tokens[:, :9], 5), "max_new_tokens", "0..4")
     expect_value_error(lambda: data.encode("12a45+1"), "'a'", "position 2")
     expect_value_error(lambda: data.encode("1+2=3 "), "' '", "position 5")
+    expect_value_error(lambda: data.decode(torch.tensor([1, 15])), "15", "0 to 14")
 
 
 def test_hooks_see_absolute_positions_with_and_without_read():
