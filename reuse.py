@@ -294,7 +294,7 @@ def resolve(args, p, src_cfg, info):
 
 
 def accuracy(results, op):
-    r = results[f"{op} random"]
+    r = results[f"{op} uniform"]
     return r["correct"] / r["questions"]
 
 
@@ -323,7 +323,7 @@ def compare(src, cfg, tc, mode, args, heads, device):
             train.write_outputs(args.out, name, model, t, hist, res, source=args.source,
                                 insert=None if kind == "scratch" else dict(mode=mode, late=args.late,
                                                                            faithful=args.faithful, preserve=args.preserve))
-            named_wrong = sum(r["questions"] - r["correct"] for k, r in res.items() if not k.endswith("random"))
+            named_wrong = sum(r["questions"] - r["correct"] for k, r in res.items() if not k.endswith(evaluate.FRESH))
             rows.append(dict(seed=seed, model=kind, final_loss=sum(hist["loss"][-5:]) / len(hist["loss"][-5:]),
                              below_1e3=steps_below(hist["loss"]), add=accuracy(res, "add"), sub=accuracy(res, "sub"),
                              named_wrong=named_wrong))
