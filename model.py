@@ -2,8 +2,13 @@
 A small decoder-only transformer, written out by hand, with TransformerLens-style hook points.
 
     from model import Config, Transformer
-    model = Transformer(Config(n_digits=5))
-    logits, cache = model.run_with_cache(tokens)      # cache["blocks.0.attn.hook_pattern"]: [B, H, P, P]
+    import data
+    model = Transformer(Config(n_digits=5))           # the laptop model: 2 layers, 3 heads, d_model 64
+    tokens = data.encode("12345+67890=+080235")        # (P,): one question is a batch of one
+    logits = model(tokens)                             # (1, P, V), as TransformerLens returns it
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+    cache["pattern", 0]                                # = cache["blocks.0.attn.hook_pattern"]: (1, H, P, P)
+    model.generate(data.encode("12345+67890="), max_new_tokens=7)   # greedy answer: (1, P + 7)
 
 It is the pre-LayerNorm GPT of TransformerLens' `HookedTransformer` with the settings the papers used:
 learned token and position embeddings, per-head W_Q/W_K/W_V/W_O with biases, explicit causal attention,
@@ -11,11 +16,16 @@ a ReLU MLP, LayerNorm (eps 1e-5) before attention, before the MLP and before the
 GPT-2 initialisation (every W_* ~ N(0, 0.8/sqrt(d_model)), biases 0). Parameter names equal
 TransformerLens' state-dict names, so the papers' published weights load unchanged (`load_model`).
 
-Left out on purpose: dropout (the papers use none), rotary/other position schemes, key-value caching
-and generation (questions are always fed whole and the answer read at the answer positions).
+As in TransformerLens, a hook filter (`names_filter`, `fwd_hooks` targets) is one name, a list or a
+predicate, and the cache also answers `cache["z", 1]`, `cache["resid_post", -1]`, `cache["post", 0]` (MLP),
+`cache["embed"]`. Bad tokens (ids outside 0..d_vocab-1, over n_ctx positions, floats) raise one ValueError.
+
+Left out on purpose: dropout (the papers use none), rotary/other position schemes, sampling and
+key-value caching in `generate` (answers are a few tokens long), and hooks on the LayerNorms.
 
 Shape legend: B batch, P position (n_ctx), H heads, D d_head, C d_model, M d_mlp, V d_vocab.
 """
+import io
 import os
 import tempfile
 from contextlib import contextmanager
@@ -33,9 +43,9 @@ class Config:
     n_digits: int = 5        # digits per operand; the question is `D..D op D'..D' = sign A..A`
     n_layers: int = 2        # transformer blocks
     n_heads: int = 3         # attention heads per block
-    d_model: int = 510       # width of the residual stream
-    d_head: int = 170        # width of one head; n_heads * d_head need not equal d_model
-    d_mlp: int = 2040        # hidden width of the MLP
+    d_model: int = 64        # width of the residual stream (the papers': 510, in train.PRESETS)
+    d_head: int = 16         # width of one head; n_heads * d_head need not equal d_model (papers: 170)
+    d_mlp: int = 256         # hidden width of the MLP (papers: 2040)
     d_vocab: int = 15        # tokens 0-9 + - = * \ (see data.py)
     act_fn: str = "relu"     # the papers use ReLU; "gelu" is accepted for experiments
     ln_eps: float = 1e-5     # LayerNorm epsilon, as in TransformerLens
@@ -87,6 +97,45 @@ class HookPoint:
             if out is not None:
                 x = out
         return x
+
+
+# TransformerLens' short activation names (utils.get_act_name): which module a name lives in, and aliases
+_ATTN_NAMES = {"q", "k", "v", "z", "result", "pattern", "attn_scores"}
+_MLP_NAMES = {"pre", "post"}
+_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "query": "q", "key": "k", "value": "v",
+            "mlp_pre": "pre", "mlp_post": "post"}
+
+
+def act_name(name: str, layer: int = None) -> str:
+    """A hook name from TransformerLens' shorthand, as its `utils.get_act_name` builds it:
+    ("pattern", 0) -> "blocks.0.attn.hook_pattern", ("resid_post", 1) -> "blocks.1.hook_resid_post",
+    ("post", 0) -> "blocks.0.mlp.hook_post", ("embed",) -> "hook_embed". A full name comes back unchanged."""
+    if "." in name or name.startswith("hook_"):
+        return name
+    name = _ALIASES.get(name, name)
+    where = "attn." if name in _ATTN_NAMES else "mlp." if name in _MLP_NAMES else ""
+    return ("" if layer is None else f"blocks.{layer}.") + where + "hook_" + name
+
+
+class ActivationCache(dict):
+    """{hook name: activation} from `run_with_cache`, which, like TransformerLens' ActivationCache, also
+    answers `cache["z", 1]`, `cache["resid_post", -1]` (layers count from the end) and `cache["embed"]`."""
+
+    def __init__(self, activations: dict, n_layers: int):
+        super().__init__(activations)
+        self.n_layers = n_layers
+
+    def __getitem__(self, key):
+        if isinstance(key, str) and dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        name, layer = (key, None) if isinstance(key, str) else (tuple(key) + (None,))[:2]
+        if not isinstance(name, str) or (layer is not None and not isinstance(layer, int)):
+            raise KeyError(f"{key!r}: use a hook name or (short name, layer), e.g. ('pattern', 0)")
+        full = act_name(name, None if layer is None else layer + self.n_layers if layer < 0 else layer)
+        if not dict.__contains__(self, full):
+            raise KeyError(f"{full!r} is not in the cache ({len(self)} activations cached; "
+                           f"names_filter decides which)")
+        return dict.__getitem__(self, full)
 
 
 def _params(**tensors) -> nn.Module:
@@ -207,6 +256,8 @@ class Transformer(nn.Module):
                 if isinstance(hp, HookPoint):
                     hp.name = f"{mod_name}.{attr}" if mod_name else attr
                     self.hook_dict[hp.name] = hp
+        last = f"blocks.{cfg.n_layers - 1}."
+        self.last_block_hooks = [hp for n, hp in self.hook_dict.items() if n.startswith(last)]  # see forward
         self.init_weights(generator)
 
     def init_weights(self, generator: torch.Generator = None):
@@ -220,66 +271,117 @@ class Transformer(nn.Module):
                 else:
                     p.zero_()
 
-    def forward(self, tokens, read=slice(None)):  # tokens: (B, P) int64 -> logits (B, P, V)
-        """With `read` (a slice of positions) only those logits are computed: earlier layers still run
-        on every position up to the last one read (later positions attend to them; positions after it
-        cannot matter), but the last block's queries, its MLP and the unembedding run only where logits
-        are read. Training and the fast 1M-question check use it."""
+    def forward(self, tokens, read=slice(None)):  # tokens: (B, P) or (P,) ints -> logits (B, P, V)
+        """Logits (B, P, V) for ids (B, P); one sequence (P,) gives (1, P, V). With `read` (a slice of
+        positions) only those logits are computed: earlier layers run on every position up to the last one
+        read (later ones cannot change them), the last block's queries, MLP and unembedding only where
+        logits are read (training and the 1M-question check use it). A hook on the last block makes that
+        shortcut step aside, so every hook sees each position up to the last one read at its absolute
+        index. ValueError for bad tokens (`check_tokens`) or a `read` that is not a slice."""
+        tokens = self.check_tokens(tokens)
+        if not isinstance(read, slice) or read.step not in (None, 1):
+            raise ValueError(f"read must be a slice of positions such as slice(11, 18), not {read!r}")
         if read.stop is not None and 0 < read.stop < tokens.shape[1]:
             tokens = tokens[:, :read.stop]  # causal: later positions cannot change the logits that are read
         B, P = tokens.shape
+        last_read = slice(None) if any(hp.fns for hp in self.last_block_hooks) else read
         pos = self.pos_embed.W_pos[:P].expand(B, P, self.cfg.d_model)  # a view, as TransformerLens shapes it
         resid = self.hook_embed(self.embed.W_E[tokens]) + self.hook_pos_embed(pos)  # (B, P, C)
         for i, block in enumerate(self.blocks):
-            resid = block(resid, read if i == len(self.blocks) - 1 else slice(None))
-        return self.ln_final(resid) @ self.unembed.W_U + self.unembed.b_U  # (B, Q, V)
+            resid = block(resid, last_read if i == len(self.blocks) - 1 else slice(None))
+        logits = self.ln_final(resid) @ self.unembed.W_U + self.unembed.b_U  # (B, Q, V)
+        return logits if last_read is read else logits[:, read]
+
+    def check_tokens(self, tokens) -> torch.Tensor:
+        """Token ids (B, P) or (P,) -> int64 (B, P); ValueError naming what is wrong and what is expected."""
+        V, n_ctx = self.cfg.d_vocab, self.cfg.n_ctx
+        if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.is_complex() \
+                or tokens.dtype == torch.bool:
+            what = f"{tokens.dtype} tensor" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be an integer tensor of ids 0..{V - 1}, not a {what}")
+        tokens = tokens[None] if tokens.dim() == 1 else tokens  # one sequence is a batch of one, as in TL
+        if tokens.dim() != 2 or not 1 <= tokens.shape[1] <= n_ctx:
+            raise ValueError(f"tokens must have shape (batch, positions) or (positions,) with 1 to n_ctx = "
+                             f"{n_ctx} positions; got shape {tuple(tokens.shape)}")
+        if tokens.numel():
+            lo, hi = torch.aminmax(tokens)  # one pass; the only check that reads the values
+            if lo < 0 or hi >= V:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {int(bad)} is outside the vocabulary: ids run from 0 to {V - 1}")
+        return tokens.long()
 
     # --- hooks, TransformerLens style
 
-    def _matching(self, name_or_predicate):
-        if callable(name_or_predicate):
-            return [hp for n, hp in self.hook_dict.items() if name_or_predicate(n)]
-        if name_or_predicate not in self.hook_dict:
-            raise KeyError(f"no hook point named {name_or_predicate!r}")
-        return [self.hook_dict[name_or_predicate]]
+    def names_matching(self, names_filter) -> list:
+        """The hook names a filter selects: None (every one), one name, a list of names, or a predicate on
+        names. A string is always one name. KeyError for a name that is no hook point."""
+        if names_filter is None:
+            return list(self.hook_dict)
+        if callable(names_filter):
+            return [n for n in self.hook_dict if names_filter(n)]
+        wanted = [names_filter] if isinstance(names_filter, str) else list(dict.fromkeys(names_filter))
+        for n in wanted:
+            if n not in self.hook_dict:
+                raise KeyError(f"no hook point named {n!r} (names read like 'blocks.0.attn.hook_z')")
+        return wanted
 
     @contextmanager
     def hooks(self, fwd_hooks):
-        """`with model.hooks([(name_or_predicate, fn), ...]):` attaches hooks and always removes them."""
+        """`with model.hooks([(names_filter, fn), ...]):` attaches hooks and always removes them. The filter
+        is one name, a list or a predicate (`names_matching`); `fn(activation, hook)` may return a replacement."""
         attached = []
         try:
             for target, fn in fwd_hooks:
-                for hp in self._matching(target):
-                    hp.fns.append(fn)
-                    attached.append((hp, fn))
+                for name in self.names_matching(target):
+                    self.hook_dict[name].fns.append(fn)
+                    attached.append((self.hook_dict[name], fn))
             yield self
         finally:
             for hp, fn in attached:
                 hp.fns.remove(fn)
 
-    def run_with_hooks(self, tokens, fwd_hooks=()):
+    def run_with_hooks(self, tokens, fwd_hooks=(), read=slice(None)):
         with self.hooks(fwd_hooks):
-            return self(tokens)
+            return self(tokens, read)
 
-    def run_with_cache(self, tokens, names=None, fwd_hooks=()):
-        """Returns (logits, cache): cache maps hook names to detached activations.
-        `names` is None (every hook point), a list of names, or a predicate on names."""
-        if names is None:
-            names = lambda n: True  # noqa: E731
-        elif not callable(names):
-            wanted = set(names)
-            unknown = wanted - set(self.hook_dict)
-            if unknown:
-                raise KeyError(f"no hook point named {sorted(unknown)[0]!r}")
-            names = wanted.__contains__
+    def run_with_cache(self, tokens, names_filter=None, fwd_hooks=(), read=slice(None), names=None):
+        """Returns (logits, cache): an `ActivationCache` of the detached activations that `names_filter`
+        selects (see `names_matching`; `names` is the same argument under its older name)."""
+        if names is not None and names_filter is not None:
+            raise TypeError("give names_filter or names, not both")
+        names_filter = names if names is not None else names_filter
         cache = {}
 
         def save(x, hook):
             cache[hook.name] = x.detach()
 
-        with self.hooks(list(fwd_hooks) + [(names, save)]):
-            logits = self(tokens)
-        return logits, cache
+        with self.hooks(list(fwd_hooks) + [(self.names_matching(names_filter), save)]):
+            logits = self(tokens, read)
+        return logits, ActivationCache(cache, self.cfg.n_layers)
+
+    # --- generation
+
+    @torch.inference_mode()
+    def generate(self, tokens, max_new_tokens: int, return_probs: bool = False):
+        """Greedy decoding, as TransformerLens' `generate(..., do_sample=False)`: append the most likely
+        next token `max_new_tokens` times, each step run on the prompt and everything generated so far
+        (no teacher forcing). tokens: a prompt (B, P) or (P,), P + max_new_tokens <= n_ctx.
+        Returns tokens (B, P + N); with `return_probs` also probs (B, N), float64, each chosen token's
+        softmax probability. Ties go to the lower token id, as argmax breaks them in the teacher-forced check."""
+        tokens = self.check_tokens(tokens)
+        room = self.cfg.n_ctx - tokens.shape[1]  # n_ctx minus the prompt's length
+        if not 0 <= max_new_tokens <= room:
+            raise ValueError(f"max_new_tokens must lie in 0..{room} (n_ctx {self.cfg.n_ctx}), not {max_new_tokens}")
+        probs = []
+        for _ in range(max_new_tokens):
+            P = tokens.shape[1]
+            logits = self(tokens, slice(P - 1, P))[:, 0]  # (B, V): the next token's logits only
+            nxt = logits.argmax(-1)  # (B,)
+            probs.append(logits.double().softmax(-1).gather(1, nxt[:, None])[:, 0])  # float64: p near 1
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)  # (B, P + 1)
+        if not return_probs:
+            return tokens
+        return tokens, torch.stack(probs, 1) if probs else torch.zeros(len(tokens), 0, dtype=torch.float64)
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -288,10 +390,46 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit; the message names the file."""
 
 
+def plain(value):
+    """numpy scalars and 0-d tensors or arrays -> Python numbers, other numpy arrays -> lists, tensors -> CPU
+    copies, through dicts, lists and tuples: values that `torch.load(weights_only=True)` reads back."""
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value] if isinstance(value, list) else tuple(plain(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.dim() == 0 else value.detach().cpu()
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numpy, without importing it
+        return value.tolist()  # a scalar or 0-d array gives a Python number
+    return value
+
+
+def unreadable(value, where="info"):
+    """Where in `value` lies something that `torch.load(weights_only=True)` cannot read back (for example
+    `info['run'][2]`) and its type name, or None when all of it round-trips."""
+    try:
+        buf = io.BytesIO()
+        torch.save(value, buf)
+        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+        return None
+    except Exception:  # pickling or unpickling failed: find the innermost part that fails
+        seq = isinstance(value, (list, tuple))
+        parts = value.items() if isinstance(value, dict) else enumerate(value) if seq else ()
+        found = [f for k, v in parts for f in [unreadable(v, f"{where}[{k!r}]")] if f]
+        return found[0] if found else (where, type(value).__name__)
+
+
 def save_model(path, model: Transformer, **info):
     """Write {format, state_dict, config, info} atomically: a temp file in the same folder, then rename,
-    so an interrupted save never leaves a half-written checkpoint behind."""
+    so an interrupted save never leaves a half-written checkpoint behind. `info` goes through `plain`;
+    anything still unreadable by `torch.load(weights_only=True)` raises CheckpointError, naming it,
+    before a byte is written, so a checkpoint that saves always loads."""
     path = str(path)
+    info = plain(info)
+    found = unreadable(info)
+    if found:
+        raise CheckpointError(f"{path}: not saved: {found[0]} is a {found[1]}, which torch.load(weights_only=True) "
+                              "cannot read back; store numbers, strings, lists, dicts or tensors")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -41,6 +41,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+import evaluate
 import train
 from model import CheckpointError, Config, Transformer, load_model, pick_device
 from reuse_nodes import inserted_node_usage, node_name, usage_table, useful_source_heads
@@ -293,7 +294,7 @@ def resolve(args, p, src_cfg, info):
 
 
 def accuracy(results, op):
-    r = results[f"{op} random"]
+    r = results[f"{op} uniform"]
     return r["correct"] / r["questions"]
 
 
@@ -318,11 +319,11 @@ def compare(src, cfg, tc, mode, args, heads, device):
         for kind in curves:
             t = replace(tc, seed=seed)
             model, _, hist, name = run_one(src, cfg, t, mode, args, heads, device, scratch=kind == "scratch")
-            res = train.verify(model, "mix", cfg.n_digits, args.verify, seed, progress=not args.no_progress)
+            res = evaluate.verify(model, "mix", cfg.n_digits, args.verify, seed, progress=not args.no_progress)
             train.write_outputs(args.out, name, model, t, hist, res, source=args.source,
                                 insert=None if kind == "scratch" else dict(mode=mode, late=args.late,
                                                                            faithful=args.faithful, preserve=args.preserve))
-            named_wrong = sum(r["questions"] - r["correct"] for k, r in res.items() if not k.endswith("random"))
+            named_wrong = sum(r["questions"] - r["correct"] for k, r in res.items() if not k.endswith(evaluate.FRESH))
             rows.append(dict(seed=seed, model=kind, final_loss=sum(hist["loss"][-5:]) / len(hist["loss"][-5:]),
                              below_1e3=steps_below(hist["loss"]), add=accuracy(res, "add"), sub=accuracy(res, "sub"),
                              named_wrong=named_wrong))
@@ -373,8 +374,8 @@ def main(argv=None):
     extra = dict(source=args.source, insert=dict(mode=mode, offset=offset, late=args.late, faithful=args.faithful,
                                                  preserve=args.preserve, frozen_heads=sorted(heads)))
     train.write_outputs(args.out, name, model, tc, history, **extra)  # saved before checking
-    results = train.verify(model, "mix", cfg.n_digits, args.verify, tc.seed, progress=not args.no_progress)
-    print(train.report(results))
+    results = evaluate.verify(model, "mix", cfg.n_digits, args.verify, tc.seed, progress=not args.no_progress)
+    print(evaluate.report(results))
     if args.usage > 0:
         rows, base = inserted_node_usage(model.cpu(), src.cfg, offset, args.usage, tc.seed, not args.no_progress)
         print("what the inserted nodes do now (mean ablation, share of correct answers broken):")

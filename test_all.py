@@ -6,14 +6,18 @@ against expected values (the hand-made question sets), and smoke runs (a tiny mo
 """
 import functools
 import os
+import signal
 import sys
 import tempfile
 import time
 
 import torch
 
+import artefacts
 import data
+import evaluate
 import train
+import model as model_lib
 from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model, save_model
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
@@ -196,8 +200,8 @@ def test_answer_loss_reads_only_answers():
     logits = torch.zeros(4, 13, 15)
     logits[:, data.logit_slice(3)] = torch.nn.functional.one_hot(tokens[:, data.answer_slice(3)], 15) * 50.0
     logits[:, :7] = torch.randn(4, 7, 15)  # question positions: no influence on the loss
-    assert train.answer_nll(logits, tokens, 3).max() < 1e-12
-    assert train.answer_nll(logits, tokens, 3).dtype == torch.float64
+    assert evaluate.answer_nll(logits, tokens, 3).max() < 1e-12
+    assert evaluate.answer_nll(logits, tokens, 3).dtype == torch.float64
 
 
 def test_checkpoint_round_trip_and_errors():
@@ -258,9 +262,10 @@ def test_load_transformer_lens_state_dict():
     assert torch.allclose(model(tokens), reference_forward(sd, tokens, 2), atol=1e-4)
 
 
-def run_cli(*args, script="train.py"):
+def run_cli(*args, script="train.py", input=None):
     import subprocess
-    r = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True, timeout=120,
+                       input=input)
     return r.returncode, r.stdout, r.stderr
 
 
@@ -297,9 +302,9 @@ def test_cli_bad_input_is_one_line():
 def test_smoke_tiny_model_learns_two_digit_addition():
     t = time.time()
     model = tiny_model("add", 2, 600)
-    results = train.verify(model, "add", 2, "all", progress=False)
+    results = evaluate.verify(model, "add", 2, "all", progress=False)
     assert time.time() - t < 60
-    assert results["add all"]["correct"] >= 0.99 * 10_000, train.report(results)
+    assert results["add all"]["correct"] >= 0.99 * 10_000, evaluate.report(results)
 
 
 def test_verify_checks_each_operation_of_a_mixed_task():
@@ -312,9 +317,9 @@ def test_verify_checks_each_operation_of_a_mixed_task():
             logits = torch.nn.functional.one_hot(tokens[:, 1:], 15).float() * 10  # (B, P-1, V): the next token
             logits[tokens[:, 2] == data.MINUS] *= -1
             return torch.cat([logits, logits[:, :1]], 1)[:, read]
-    results = train.verify(Oracle(), "mix", 2, 3000, progress=False)
-    assert results["add random"]["correct"] == results["add random"]["questions"] == 3000
-    assert results["sub random"]["correct"] == 0 and results["sub random"]["questions"] == 3000
+    results = evaluate.verify(Oracle(), "mix", 2, 3000, progress=False)
+    assert results["add uniform"]["correct"] == results["add uniform"]["questions"] == 3000
+    assert results["sub uniform"]["correct"] == 0 and results["sub uniform"]["questions"] == 3000
     assert set(results["Sub.rule"]["by_class"]) >= {"M0", "N1"} and results["Sub.rule"]["correct"] == 0
 
 
@@ -324,7 +329,7 @@ def test_cli_trains_and_verifies_a_checkpoint():
                                  "--verify", "all", "--out", d, "--no-progress")
         assert code == 0, err
         names = sorted(os.listdir(d))
-        assert names == ["add_d1_l2_h3_t0.03K_s1.json", "add_d1_l2_h3_t0.03K_s1.pt", "add_d1_l2_h3_t0.03K_s1_loss.png"], names
+        assert names == ["add_d1_l2_h3_t30_s1.json", "add_d1_l2_h3_t30_s1.pt", "add_d1_l2_h3_t30_s1_loss.png"], names
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--verify", "all", "--no-progress")
         assert "add all" in out and code in (0, 1)
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--task", "sub")
@@ -436,7 +441,7 @@ def test_analyse_cli_writes_report_and_nodes():
 def test_framework_agrees_with_integers_on_every_3_digit_pair():
     import framework
     for op in ("add", "sub"):
-        q = train.all_questions(op, 3)                                # all 10^6 pairs
+        q = evaluate.all_questions(op, 3)                                # all 10^6 pairs
         a, b, _, _ = data.parse_questions(q, 3)
         pred = framework.answer_tokens(*framework.framework_answer(a, b, op, 3))
         assert torch.equal(pred, q[:, data.answer_slice(3)]), op
@@ -631,7 +636,7 @@ def test_reuse_cli_trains_saves_and_compares():
             assert reuse.main(common + ["--mode", "freeze-all", "--usage", "10", "--late"]) == 0
             assert reuse.main(common + ["--compare", "--seeds", "1"]) == 0
         assert "L2MLP" in log.getvalue()  # the node-usage table was printed
-        model, info = load_model(os.path.join(tmp, "ins3_mix_d2_l3_h4_t0.008K_s1_late.pt"))
+        model, info = load_model(os.path.join(tmp, "ins3_mix_d2_l3_h4_t8_s1_late.pt"))
         assert info["insert"]["offset"] == 1 and info["train"]["batch_size"] == 32
         assert len(info["node_usage"]["rows"]) == 8  # 2 inserted layers x (3 heads + MLP)
         md = open(os.path.join(tmp, "compare_ins1_mix_d2_l3_h4_t0.008K_s1-1.md")).read()
@@ -703,7 +708,7 @@ def _wrong_implementations():
             ("scores not scaled", functools.partial(_wrong_attention, scale=False))],
         3: [("loss over all positions", lambda lg, t, n: -lg[:, :-1].double().log_softmax(-1).gather(
                 -1, t[:, 1:, None])[..., 0]),
-            ("off-by-one prediction position", lambda lg, t, n: train.answer_nll(lg[:, sl(n)], t, n))],
+            ("off-by-one prediction position", lambda lg, t, n: evaluate.answer_nll(lg[:, sl(n)], t, n))],
         4: [("sum-9 columns counted anywhere", nines_anywhere)],
         5: [("negative answers graded as M classes", complexity_without_n)],
         6: [("zero-ablation where the mean is asked", lambda m, t, means, p, l, h: analyse.ablate_nodes(
@@ -856,6 +861,356 @@ def test_coursework_readme_matches_what_is_shipped():
             continue
         parsed += 1
     assert parsed >= 15, commands
+
+
+# ============================================================================= training: checks, verify sets, runs, resume
+
+
+def _checked_run(**kw):
+    """A 1-digit adder (d_model 32) trained with checks; returns (model, history)."""
+    cfg = Config(n_digits=1, n_layers=1, n_heads=2, d_model=32, d_head=16, d_mlp=128)
+    tc = train.TrainConfig(**{**dict(task="add", n_digits=1, steps=1500, batch_size=64, lr=1e-2, seed=3,
+                                     check_every=25, check_questions=200, until_verified=True), **kw})
+    model = Transformer(cfg, torch.Generator().manual_seed(tc.seed))
+    return model, train.train(model, tc, progress=False)
+
+
+def test_until_verified_stops_at_the_first_zero_error_check():
+    model, h = _checked_run()
+    assert h["verified_step"] is not None and h["steps_done"] == h["verified_step"] < 1500
+    assert h["checks"][-1]["step"] == h["verified_step"] and not any(h["checks"][-1]["errors"].values())
+    assert all(any(c["errors"].values()) for c in h["checks"][:-1]) and sum(h["checks"][0]["errors"].values()) > 0
+    assert {"add uniform", "add enriched", "Add.rule", "Add.sparse"} <= set(h["checks"][0]["errors"])
+    assert not any(evaluate.errors(evaluate.verify(model, "add", 1, "all", progress=False)).values())
+    try:
+        train.TrainConfig(until_verified=True)
+        raise AssertionError("until_verified without checks was accepted")
+    except ValueError as e:
+        assert "check_every" in str(e)
+
+
+class _Perfect(torch.nn.Module):
+    """Answers every question right (its logits are the next token), except `wrong` questions' last digit."""
+
+    def __init__(self, wrong=()):
+        super().__init__()
+        self.w, self.wrong = torch.nn.Parameter(torch.zeros(())), [data.encode(q) for q in wrong]
+
+    def forward(self, tokens, read=slice(None)):
+        logits = torch.nn.functional.one_hot(tokens[:, 1:], 15).float() * 10  # (B, P-1, V)
+        for q in self.wrong:
+            hit = (tokens == q).all(1)
+            logits[hit, -1] = logits[hit, -1].roll(1, -1)
+        return torch.cat([logits, logits[:, :1]], 1)[:, read]
+
+
+def test_sparse_set_catches_sparse_questions():
+    sets = data.sparse_sets("mix", 6)
+    add, sub = set(data.decode(sets["Add.sparse"])), set(data.decode(sets["Sub.sparse"]))
+    for q in ("500000+500000=+1000000", "000095+000005=+0000100", "000005+000095=+0000100", "500003+500000=+1000003"):
+        assert q in add
+    for q in ("000000-100000=-0100000", "019000-031000=-0012000"):
+        assert q in sub
+    assert "153007+153007=+0306014" not in add and len(add) == len(sub) > 100_000
+    pairs = data.sparse_pairs(6)
+    assert (((data.digits_of(pairs[:, 0], 6) + data.digits_of(pairs[:, 1], 6)) > 0).sum(1) <= 2).all()
+    sample = data.sparse_pairs(6, 500, torch.Generator().manual_seed(0))
+    assert 600 <= len(sample) <= 1100  # every one-column pair (up to 600) + 500 drawn
+    r = evaluate.verify(_Perfect(["019000-031000=-0012000"]), "mix", 6, 1000, progress=False)
+    assert evaluate.errors(r)["Sub.sparse"] == 1 and sum(evaluate.errors(r).values()) == 1
+    assert "019000-031000" in r["Sub.sparse"]["failures"][0]
+
+
+def test_verify_reports_uniform_and_enriched_apart():
+    r = evaluate.verify(_Perfect(), "add", 5, 20_000, progress=False)
+    share = lambda name, classes: sum(r[name]["by_class"].get(c, [0])[0] for c in classes) / 20_000  # noqa: E731
+    assert r["add uniform"]["questions"] == r["add enriched"]["questions"] == 20_000
+    assert share("add uniform", ["S4", "S5"]) < 0.001 < 0.01 < share("add enriched", ["S4", "S5"])
+    assert "uniform: every digit uniform" in evaluate.report(r) and not any(evaluate.errors(r).values())
+
+
+TINY = ("--digits", "1", "--steps", "30", "--d-model", "16", "--d-head", "8", "--batch-size", "32", "--verify", "100",
+        "--no-progress")
+
+
+def _quiet(main, args):
+    """Run a CLI's main() in-process without its output; return its exit status."""
+    import contextlib
+    import io
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        return main(list(args))
+
+
+def test_runs_never_overwrite_a_checkpoint_unless_asked():
+    with tempfile.TemporaryDirectory() as d:
+        pt = os.path.join(d, "add_d1_l2_h3_t30_s1.pt")
+        assert _quiet(train.main, [*TINY, "--out", d]) == 0
+        before = os.path.getmtime(pt)
+        err = cli_error(train.main, [*TINY, "--out", d])
+        assert "exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
+        assert os.path.getmtime(pt) == before
+        time.sleep(0.01)
+        assert _quiet(train.main, [*TINY, "--out", d, "--overwrite"]) == 0
+        assert os.path.getmtime(pt) > before
+    assert train.build_parser().get_default("out") == "runs" and "(default runs)" in train.build_parser().format_help()
+
+
+def _interrupt_at(step):
+    """An after_step hook that sends this process a real SIGINT (Ctrl-C) after `step` steps."""
+    count = [0]
+
+    def hook(model):
+        count[0] += 1
+        if count[0] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run():
+    cfg = Config(n_digits=2, n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32)
+    tc = train.TrainConfig(task="mix", n_digits=2, steps=40, batch_size=16, seed=5, clip=1.0, check_every=10,
+                           check_questions=50)
+    whole = Transformer(cfg, torch.Generator().manual_seed(5))
+    h_whole = train.train(whole, tc, progress=False)
+    part = Transformer(cfg, torch.Generator().manual_seed(5))
+    h_part = train.train(part, tc, after_step=_interrupt_at(17), progress=False)
+    assert h_part["interrupted"] and h_part["steps_done"] == 17
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "x.resume.pt")
+        artefacts.save_resume(path, part, tc, h_part)
+        model, tc2, h = artefacts.load_resume(path)
+    h_rest = train.train(model, train.TrainConfig(**tc2), resume=h, progress=False)
+    assert h_rest["steps_done"] == 40 and not h_rest["interrupted"]
+    assert h_rest["loss"] == h_whole["loss"] and h_rest["checks"][-1]["errors"] == h_whole["checks"][-1]["errors"]
+    assert [c["step"] for c in h_rest["checks"]] == [10, 20, 30, 40]
+    for (k, a), b in zip(whole.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_ctrl_c_at_the_command_line_saves_names_and_exits_non_zero():
+    import subprocess
+    with tempfile.TemporaryDirectory() as d:
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "train.py"), *TINY[:2], "--steps", "100000",
+                                 *TINY[4:-1], "--out", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = ""
+        while "loss=" not in seen and proc.poll() is None:  # the progress bar shows a loss: steps were taken
+            seen += proc.stderr.read(1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        err = seen + err
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        names = sorted(os.listdir(d))
+        assert len(names) == 4 and names[0].endswith("_s1.json") and "_t100K_" not in names[0], (names, out, err)
+        assert "not checked" in out and "--resume" in out and not any("uniform" in line for line in out.splitlines())
+        resume = os.path.join(d, [n for n in names if n.endswith(".resume.pt")][0])
+        code, _, err = run_cli("--resume", resume, "--lr", "1", "--no-progress")
+        assert code == 2 and "drop --lr" in err
+
+
+# ============================================================================= model edge: TransformerLens forms,
+# errors at the edge, hooks at absolute positions, checkpoints that always load, generation and --ask
+
+
+def expect_value_error(fn, *words):
+    """Call fn; it must raise one ValueError, on one line, whose message holds every word."""
+    try:
+        fn()
+    except ValueError as e:
+        assert all(w in str(e) for w in words) and "\n" not in str(e), (words, str(e))
+        return str(e)
+    raise AssertionError(f"no ValueError (expected one saying {words})")
+
+
+def test_config_defaults_are_the_laptop_model():
+    cfg = Config(n_digits=5)
+    command, _ = train.resolve(train.build_parser().parse_args([]), train.build_parser())  # `python train.py`
+    assert cfg == command and (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == (2, 3, 64, 16, 256)
+    cfg, _ = train.resolve(train.build_parser().parse_args(["--preset", "add_d6_l2_h3_t15K"]), train.build_parser())
+    assert (cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.n_digits) == (510, 170, 2040, 6)  # the paper's sizes
+    sd = small_model(d_model=40, d_head=7, d_mlp=50, n_heads=5).state_dict()
+    got = model_lib.config_from_tl_state_dict(sd)  # nothing falls back to a default
+    assert (got.d_model, got.d_head, got.d_mlp, got.n_heads, got.n_digits) == (40, 7, 50, 5, 3)
+
+
+def test_names_filter_and_cache_shorthands():
+    model = small_model()
+    tokens = data.random_batch("add", 3, 4, torch.Generator().manual_seed(0))
+    _, full = model.run_with_cache(tokens)
+    for f in ("blocks.0.attn.hook_z", ["blocks.0.attn.hook_z"], lambda n: n == "blocks.0.attn.hook_z"):
+        logits, cache = model.run_with_cache(tokens, names_filter=f)
+        assert list(cache) == ["blocks.0.attn.hook_z"] and torch.equal(cache["z", 0], full["blocks.0.attn.hook_z"])
+    assert list(model.run_with_cache(tokens, names="blocks.1.hook_resid_post")[1]) == ["blocks.1.hook_resid_post"]
+    # TransformerLens' utils.get_act_name forms, each against the full name
+    for key, name in [(("pattern", 0), "blocks.0.attn.hook_pattern"), (("z", 1), "blocks.1.attn.hook_z"),
+                      (("resid_post", 1), "blocks.1.hook_resid_post"), (("post", 0), "blocks.0.mlp.hook_post"),
+                      (("q", 0), "blocks.0.attn.hook_q"), (("resid_pre", 0), "blocks.0.hook_resid_pre"),
+                      (("attn_out", 0), "blocks.0.hook_attn_out"), (("resid_mid", -1), "blocks.1.hook_resid_mid"),
+                      (("attn", 1), "blocks.1.attn.hook_pattern"), (("attn_scores", 0), "blocks.0.attn.hook_attn_scores"),
+                      (("pre", 1), "blocks.1.mlp.hook_pre"), (("mlp_out", 1), "blocks.1.hook_mlp_out"),
+                      ("embed", "hook_embed"), ("pos_embed", "hook_pos_embed")]:
+        if key[1:2] != (-1,):  # a negative layer is the cache's to resolve, as in TransformerLens
+            assert model_lib.act_name(*((key,) if isinstance(key, str) else key)) == name
+        assert full[key] is full[name], key
+    for bad in (("z", 1), ("nonsense", 0), ("pattern", "0")):  # this cache holds only blocks.0.attn.hook_z
+        try:
+            cache[bad]
+            assert False, bad
+        except KeyError as e:
+            assert "cache" in str(e) or "use a hook name" in str(e)
+    for bad in ("blocks.0.attn.hook_zz", ["blocks.0.attn.hook_z", "nope"]):
+        for call in (lambda: model.run_with_cache(tokens, names_filter=bad), lambda: model.run_with_hooks(tokens, [(bad, print)])):
+            try:
+                call()
+                assert False, bad
+            except KeyError as e:
+                assert "no hook point named" in str(e)
+    seen = []
+    model.run_with_hooks(tokens, [(["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], lambda x, hook: seen.append(hook.name))])
+    assert seen == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+
+
+def test_one_sequence_is_a_batch_of_one_and_bad_tokens_are_one_value_error():
+    model = small_model()
+    tokens = data.random_batch("add", 3, 4, torch.Generator().manual_seed(0))
+    one = model(tokens[2])
+    assert one.shape == (1, 13, 15) and torch.allclose(one, model(tokens)[2:3], atol=1e-6)
+    assert model(tokens.int()).shape == (4, 13, 15)  # any integer dtype
+    bad = tokens.clone()
+    bad[1, 3] = 99
+    expect_value_error(lambda: model(bad), "99", "0 to 14")
+    bad[1, 3] = -1
+    expect_value_error(lambda: model(bad), "-1", "0 to 14")
+    expect_value_error(lambda: model(torch.zeros(2, 14, dtype=torch.long)), "n_ctx = 13", "(2, 14)")
+    expect_value_error(lambda: model(tokens.float()), "integer", "float32")
+    expect_value_error(lambda: model(tokens[None]), "(batch, positions)", "(1, 4, 13)")
+    expect_value_error(lambda: model(tokens.tolist()), "integer tensor", "list")
+    expect_value_error(lambda: model(tokens, [11, 12]), "slice")
+    expect_value_error(lambda: model.generate(tokens[:, :9], 5), "max_new_tokens", "0..4")
+    expect_value_error(lambda: data.encode("12a45+1"), "'a'", "position 2")
+    expect_value_error(lambda: data.encode("1+2=3 "), "' '", "position 5")
+    expect_value_error(lambda: data.decode(torch.tensor([1, 15])), "15", "0 to 14")
+
+
+def test_hooks_see_absolute_positions_with_and_without_read():
+    model = small_model(seed=3)
+    tokens = data.random_batch("add", 3, 6, torch.Generator().manual_seed(2))
+    read = data.logit_slice(3)  # positions 7..11
+    for name, index in [("blocks.1.hook_resid_mid", (slice(None), 9)), ("blocks.1.attn.hook_q", (slice(None), 8, 1)),
+                        ("blocks.1.attn.hook_pattern", (slice(None), 0, 10)), ("blocks.1.mlp.hook_post", (slice(None), 7)),
+                        ("blocks.0.attn.hook_z", (slice(None), 5))]:
+        shapes = []
+
+        def patch(x, hook):
+            shapes.append(x.shape)
+            x = x.clone()
+            x[index] = 0.0  # an absolute position: the same one with or without read
+            return x
+        with_read = model.run_with_hooks(tokens, [(name, patch)], read=read)
+        without = model.run_with_hooks(tokens, [(name, patch)])[:, read]
+        assert torch.equal(with_read, without), name
+        assert not torch.allclose(with_read, model(tokens, read)), name  # the patch did change the logits
+        axis = 2 if "pattern" in name else 1  # the query axis
+        assert shapes[0][axis] == 12 and shapes[1][axis] == 13, (name, shapes)  # every position up to the last read
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: "hook_q" in n, read=read)
+    assert cache["q", 1].shape == (6, 12, 3, 12)
+    assert torch.equal(model(tokens, read), model(tokens)[:, read])  # the no-hook fast path: same logits
+
+
+def test_checkpoint_info_becomes_plain_values_or_is_refused():
+    import numpy as np
+    model = small_model(seed=5)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.pt")
+        save_model(path, model, final_loss=np.float64(1e-7), steps=np.int64(3), acc=torch.tensor(0.5),
+                   curve=np.arange(3), nested={"x": [np.float32(2.5), (torch.tensor(7),)]}, table=torch.ones(2))
+        _, info = load_model(path)
+        assert info["final_loss"] == 1e-7 and type(info["final_loss"]) is float and type(info["steps"]) is int
+        assert info["acc"] == 0.5 and info["curve"] == [0, 1, 2] and info["nested"] == {"x": [2.5, (7,)]}
+        assert torch.equal(info["table"], torch.ones(2))
+        for bad, where in [(dict(run=object()), "info['run']"), (dict(h={"f": [1, print]}), "info['h']['f'][1]")]:
+            try:
+                save_model(os.path.join(d, "bad.pt"), model, **bad)
+                assert False, bad
+            except CheckpointError as e:
+                assert where in str(e) and "weights_only" in str(e) and "\n" not in str(e), str(e)
+        assert os.listdir(d) == ["m.pt"]  # nothing written for the refused ones
+
+
+D5_ADDER_6K = os.path.join(HERE, "checkpoints", "add_d5_l2_h3_t6K_s1.pt")
+
+
+def test_generation_agrees_with_the_teacher_forced_check():
+    import evaluate
+    shipped, _ = load_model(D5_ADDER_6K)
+    noisy, _ = load_model(D5_ADDER_6K)  # the control: a damaged copy that gets many answers wrong
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.02)  # ~1 in 4 wrong
+    tokens = torch.cat([data.random_batch("add", 5, 500, torch.Generator().manual_seed(s), enrichment=bool(s))
+                        for s in (0, 1)] + list(data.named_sets("add", 5).values()))
+    questions = [q[:11] for q in data.decode(tokens)]  # '12345+67890'
+    for model, wrong in ((shipped, False), (noisy, True)):
+        ok, _, pred = evaluate.score(model, tokens, 5, with_loss=False)
+        answers, probs = evaluate.ask(model, questions, "add")
+        got = data.encode("".join(answers)).view(len(answers), 7)  # (B, n+2)
+        right = (got == tokens[:, data.answer_slice(5)]).all(1)
+        assert torch.equal(right, ok), "generation and teacher forcing disagree on which answers are right"
+        assert bool((~ok).any()) == wrong, int((~ok).sum())  # the control really has wrong answers
+        assert torch.equal(got[ok], pred[ok])
+        # where an answer goes wrong, generation and teacher forcing pick the same first wrong token
+        first = (pred != tokens[:, data.answer_slice(5)]).long().argmax(1)
+        assert torch.equal(got[~ok].gather(1, first[~ok, None]), pred[~ok].gather(1, first[~ok, None]))
+        with torch.no_grad():
+            logits = model(tokens, data.logit_slice(5)).double().softmax(-1)  # (B, n+2, V), teacher forced
+        want = logits.gather(2, tokens[:, data.answer_slice(5), None])[..., 0]
+        assert torch.allclose(probs[ok], want[ok], atol=1e-5)
+    assert evaluate.ask(shipped, ["99999+1", " 0 + 0 =", "00012+3"], "add")[0] == ["+100000", "+000000", "+000015"]
+    one = shipped.generate(data.encode("12345+67890="), 7)  # a 1-D prompt: a batch of one
+    assert one.shape == (1, 19) and data.decode(one[0]) == "12345+67890=+080235"
+
+
+def test_parse_question_names_each_problem():
+    import evaluate
+    assert evaluate.parse_question(" 123 - 45 =", "sub", 3) == (123, "sub", 45)
+    assert evaluate.parse_question("00099+1", "mix", 3) == (99, "add", 1)
+    for q, task, words in [("12a+3", "add", "'12a' is not a number"), ("1234+1", "add", "4 digits; this is a 3-digit"),
+                           ("5-3", "add", "'-' is not for an add model, which answers a+b"),
+                           ("5*3", "mix", "'*' is not for a mix model, which answers a+b or a-b"),
+                           ("123", "sub", "no operator"), ("-5+3", "add", "'-5' is not a number"),
+                           ("5+", "add", "operand is missing"), ("1+2+3", "add", "'2+3' is not a number")]:
+        expect_value_error(lambda: evaluate.parse_question(q, task, 3), repr(q), words)
+
+
+def test_ask_cli_answers_reports_and_refuses_bad_questions():
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = train.main(["--checkpoint", D5_ADDER_6K, "--ask", "12345+67890", "12a45+1", "99999+1", "123456+1", "5-3"])
+    lines = out.getvalue().splitlines()
+    assert code == 2 and len(lines) == 2, (code, out.getvalue())
+    assert lines[0].startswith("12345+67890 = 80235  right  S2  least sure: ") and "(p = " in lines[0]
+    assert lines[1].startswith("99999+1 = 100000  right  S5  least sure: ")
+    bad = err.getvalue().splitlines()
+    assert len(bad) == 3 and all(b.startswith("train.py: bad question: ") for b in bad), bad
+    assert "'12a45'" in bad[0] and "6 digits" in bad[1] and "'-'" in bad[2]
+    # a wrong answer: a damaged model, saved as a checkpoint, exits 1 and says what was expected
+    model, info = load_model(D5_ADDER_6K)
+    with torch.no_grad():
+        model.unembed.b_U[5] += 100.0  # every answer digit becomes 5
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "broken.pt")
+        save_model(path, model, task="add")
+        code, stdout, stderr = run_cli("--checkpoint", path, "--ask", "-", input="12345+67890\n\n11+11\n")
+    assert code == 1 and stderr == "", (code, stderr)
+    assert stdout.splitlines()[0].startswith("12345+67890 = ") and "WRONG, expected 80235" in stdout
+    assert len(stdout.splitlines()) == 2  # the blank line is skipped
+    assert [train.readable(s) for s in ("+080235", "-0530865", "+0000000", "-0000000", "5555555")] == \
+        ["80235", "-530865", "0", "-0", "5555555"]  # '-0' is not '+0': the check compares every token
+    for args in (["--ask", "1+1"], ["--checkpoint", D5_ADDER_6K, "--ask", "1+1", "--digits", "6"],
+                 ["--checkpoint", D5_ADDER_6K, "--ask", "1+1", "--task", "sub"]):
+        msg = cli_error(train.main, args)
+        assert msg.startswith("train.py: error:") and len(msg.splitlines()) == 1, (args, msg)
 
 
 # ============================================================================= runner

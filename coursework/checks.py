@@ -18,6 +18,7 @@ import torch
 import algorithm
 import analyse
 import data
+import evaluate
 import interventions as iv
 import train
 from coursework import solutions as ref
@@ -204,7 +205,7 @@ def check_5(fn):
             msg = first_wrong_question(fn(toks, 5), want, toks, 5, lambda c: data.COMPLEXITY[int(c)])
             if msg:
                 return False, f"{name}: {msg}"
-    everything = torch.cat([train.all_questions(op, 2) for op in ("add", "sub")])
+    everything = torch.cat([evaluate.all_questions(op, 2) for op in ("add", "sub")])
     for n, toks in ((2, everything), (5, torch.cat([questions(op, 5, 3000, 5) for op in ("add", "sub")]))):
         got, want = fn(toks, n), ref.ex5_complexity(toks, n)
         msg = shape_error(got, want, f"{n} digits") or first_wrong_question(
