@@ -27,6 +27,7 @@ import data  # noqa: E402
 import framework  # noqa: E402
 import interventions as iv  # noqa: E402
 import train  # noqa: E402
+from analyse import Node, node_records, read_nodes  # noqa: E402
 from model import CheckpointError, load_model  # noqa: E402
 
 CLASSES = {"add": ["T8: sum 0-8", "T9: sum 9", "T10: sum 10-18"], "sub": ["D<D'", "D=D'", "D>D'"]}
@@ -111,7 +112,7 @@ def pca_scores(model, task, heads, per_class=100, seed=0, progress=True):
 def run_pca(model, task, nodes, out, progress=True, seed=0, grid=12) -> str:
     """PCA step: markdown with the label table and a grid of the strongest separations (pca_grid.png)."""
     H = model.cfg.n_heads
-    heads = [tuple(x) for x in _node_tuples(model, nodes) if x[2] < H]
+    heads = [x for x in _node_list(model, nodes) if not x.is_mlp]
     scores = pca_scores(model, task, heads, seed=seed, progress=progress)
     found = [s for s in scores if s["label"] != "none"]
     lines = ["## PCA of head outputs on tri-case questions", "",
@@ -122,7 +123,7 @@ def run_pca(model, task, nodes, out, progress=True, seed=0, grid=12) -> str:
              f"{sum(s['label'] == 'bi' for s in scores)}, none: {sum(s['label'] == 'none' for s in scores)}", ""]
     if found:
         panels = [{"proj": s["proj"], "labels": s["labels"], "classes": CLASSES[s["op"]],
-                   "title": f"{'+' if s['op'] == 'add' else '-'} {iv.node_name(s['node'], H)} D{s['digit']} "
+                   "title": f"{'+' if s['op'] == 'add' else '-'} {s['node'].name} D{s['digit']} "
                             f"EVR {100 * s['evr'][0]:.0f}% {s['label']}"} for s in found[:grid]]
         fig = plot_pca(panels)
         fig.savefig(os.path.join(out, "pca_grid.png"), dpi=110)
@@ -130,18 +131,18 @@ def run_pca(model, task, nodes, out, progress=True, seed=0, grid=12) -> str:
         lines += ["![strongest PCA separations](pca_grid.png)", "",
                   "| node | op | column | state | acc 3 classes | acc 2 classes | EVR PC1 |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {iv.node_name(s['node'], H)} | {s['op']} | D{s['digit']} | {s['label']} | {s['acc3']:.2f} | "
+        lines += [f"| {s['node'].name} | {s['op']} | D{s['digit']} | {s['label']} | {s['acc3']:.2f} | "
                   f"{s['acc2']:.2f} | {100 * s['evr'][0]:.0f}% |" for s in found]
     return "\n".join(lines) + "\n"
 
 # ----------------------------------------------------------------------------- the verified algorithm
 
 
-def _node_tuples(model, nodes):
-    """analyse.py's node dicts -> (position, layer, head) tuples; None -> every node."""
+def _node_list(model, nodes):
+    """analyse.py's {Node: tags} -> its Nodes; None -> every node."""
     if nodes is None:
         return iv.all_nodes(model.cfg)
-    return [(d["position"], d["layer"], d["head"]) for d in nodes]
+    return list(nodes)
 
 
 def _fails(model, tokens, n, hooks=()):
@@ -167,7 +168,7 @@ def useful_by_ablation(model, task, count=500, seed=0, progress=True):
         _, cache = model.run_with_cache(tokens, names=iv._is_site)
     useful = []
     for node in tqdm(iv.all_nodes(model.cfg), desc="useful nodes", disable=not progress, mininterval=0.5):
-        name, idx = iv._site(node, H)
+        name, idx = node.hook_name, node.index
         mean = cache[name][(slice(None),) + idx].mean(0)
 
         def ablate(x, hook, idx=idx, mean=mean):
@@ -179,12 +180,12 @@ def useful_by_ablation(model, task, count=500, seed=0, progress=True):
     return useful
 
 
-def describe(rows, n_heads) -> str:
+def describe(rows) -> str:
     """One sentence per answer digit saying which nodes do which verified sub-task."""
     by_digit = {}
     for r in rows:
         if r["sets"]:
-            names = " or ".join(" + ".join(iv.node_name(x, n_heads) for x in s) for s in r["sets"])
+            names = " or ".join(" + ".join(x.name for x in s) for s in r["sets"])
             by_digit.setdefault(r["digit"], []).append(f"{r['subtask']} by {names}")
     return "\n".join(f"- {d}: " + "; ".join(parts) + "." for d, parts in by_digit.items())
 
@@ -194,19 +195,18 @@ def run_algorithm(model, task, nodes, out, progress=True, n_pairs=100, seed=0):
     algorithm.md and algorithm.json to `out`. Without `nodes`, every node is a candidate and the returned
     list holds the useful-by-ablation nodes."""
     H, t0 = model.cfg.n_heads, time.time()
-    candidates = _node_tuples(model, nodes)
+    as_list = lambda nd: [nd.position, nd.layer, H if nd.is_mlp else nd.head]  # noqa: E731  the reference's layout
+    candidates = _node_list(model, nodes)
     rows = iv.discover(model, task, candidates, n_pairs=n_pairs, seed=seed, progress=progress)
     seconds = time.time() - t0
     tags = iv.algo_tags(rows)
     if nodes is None:
-        nodes = [{"position": p, "layer": l, "head": h, "tags": []}
-                 for p, l, h in useful_by_ablation(model, task, seed=seed, progress=progress)]
-    nodes = [dict(d, tags=list(d["tags"]) + [t for t in tags.get((d["position"], d["layer"], d["head"]), [])
-                                              if t not in d["tags"]]) for d in nodes]
+        nodes = {nd: [] for nd in useful_by_ablation(model, task, seed=seed, progress=progress)}
+    nodes = {nd: list(old) + [t for t in tags.get(nd, []) if t not in old] for nd, old in nodes.items()}
     share = []
-    for kind, is_kind in (("heads", lambda d: d["head"] < H), ("MLPs", lambda d: d["head"] == H)):
-        group = [d for d in nodes if is_kind(d)]
-        done = sum(any(t.startswith("Algo.") for t in d["tags"]) for d in group)
+    for kind, is_mlp in (("heads", False), ("MLPs", True)):
+        group = [nd for nd in nodes if nd.is_mlp == is_mlp]
+        done = sum(any(t.startswith("Algo.") for t in nodes[nd]) for nd in group)
         share.append(f"{done}/{len(group)} useful {kind} ({100 * done / max(1, len(group)):.0f}%)")
     found = sum(bool(r["sets"]) for r in rows)
     md = "\n".join([
@@ -214,16 +214,16 @@ def run_algorithm(model, task, nodes, out, progress=True, n_pairs=100, seed=0):
         f"Each row claims that patching the node(s) from a store question into an alter question that differ "
         f"only in that sub-task moves the answer exactly as framework.py predicts; it passes only if every "
         f"pair agrees. {found} of {len(rows)} digit/sub-task claims verified in {seconds:.0f}s.", "",
-        iv.table(rows, H), "", describe(rows, H), "",
+        iv.table(rows), "", describe(rows), "",
         f"Purpose found for {share[0]} and {share[1]}.", ""])
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "algorithm.md"), "w") as f:
         f.write(md)
     with open(os.path.join(out, "algorithm.json"), "w") as f:
-        json.dump({"seconds": seconds, "rows": [dict(r, sets=[[list(x) for x in s] for s in r["sets"]],
-                                                     best=[list(x) for x in r["best"]],
-                                                     alone=[[*x, m] for x, m in r["alone"].items()]) for r in rows],
-                   "nodes": nodes}, f, indent=1)
+        json.dump({"seconds": seconds, "rows": [dict(r, sets=[[as_list(x) for x in s] for s in r["sets"]],
+                                                     best=[as_list(x) for x in r["best"]],
+                                                     alone=[[*as_list(x), m] for x, m in r["alone"].items()]) for r in rows],
+                   "nodes": node_records(nodes, model.cfg)}, f, indent=1)
     return md, nodes
 
 # ----------------------------------------------------------------------------- neurons
@@ -299,8 +299,8 @@ def run_neurons(model, task, nodes, out, progress=True, seed=0, per_mlp=4) -> st
     the most harmful ones' activations against the column of the answer digit they serve (the digit
     whose loss their ablation raises most). Without `nodes`, the MLPs useful by mean-ablation."""
     n, H = model.cfg.n_digits, model.cfg.n_heads
-    tuples = _node_tuples(model, nodes) if nodes is not None else useful_by_ablation(model, task, progress=progress)
-    mlps = [(p, l) for p, l, h in tuples if h == H]
+    found_nodes = _node_list(model, nodes) if nodes is not None else useful_by_ablation(model, task, progress=progress)
+    mlps = [(nd.position, nd.layer) for nd in found_nodes if nd.is_mlp]
     lines = ["## MLP neurons", "", "Neurons mean-ablated in chunks of 16, then one by one inside chunks "
              "that make questions fail (loss > 0.01 and a wrong answer). The digit a neuron serves is the "
              "answer token whose loss its ablation raises most.", "",
@@ -310,7 +310,7 @@ def run_neurons(model, task, nodes, out, progress=True, seed=0, per_mlp=4) -> st
     figures = []
     for p, l in tqdm(mlps, desc="neurons", disable=not progress, mininterval=0.5):
         chunks, found, tokens, acts = neuron_ablation(model, task, (p, l), seed=seed)
-        name = iv.node_name((p, l, H), H)
+        name = Node(p, l, None).name
         alone = sorted((k for k in found if found[k][0]), key=lambda k: -found[k][0])
         harm = sorted(found, key=lambda k: -(found[k][0] * 1e3 + float(found[k][1].max())))[:per_mlp]
         serve = {k: int(found[k][1].argmax()) for k in found}
@@ -355,16 +355,9 @@ def main(argv=None):
     nodes = None
     if args.nodes:
         try:
-            with open(args.nodes) as f:
-                nodes = [dict(d, tags=d.get("tags", [])) for d in json.load(f)]
-            assert all({"position", "layer", "head"} <= set(d) for d in nodes)
-        except (OSError, ValueError, AssertionError, TypeError):
-            p.error(f"{args.nodes}: not a JSON list of {{position, layer, head, tags}} nodes")
-        cfg = model.cfg
-        if not all(0 <= d["position"] < cfg.n_ctx and 0 <= d["layer"] < cfg.n_layers and 0 <= d["head"] <= cfg.n_heads
-                   for d in nodes):
-            p.error(f"{args.nodes}: a node lies outside this {cfg.n_layers}-layer, {cfg.n_heads}-head, "
-                    f"{cfg.n_ctx}-position model")
+            nodes = read_nodes(args.nodes, model.cfg)
+        except ValueError as e:
+            p.error(str(e))
     train.set_threads(model.cfg)
     os.makedirs(args.out, exist_ok=True)
     progress, n = not args.no_progress, model.cfg.n_digits

@@ -26,6 +26,7 @@ import functools
 import glob
 import json
 import os
+import re
 import sys
 import time
 from typing import NamedTuple
@@ -60,29 +61,135 @@ def answer_labels(n_digits):
     return [str(n_digits + 1 - i) for i in range(n_digits + 2)]
 
 
-def node_name(node, cfg):
-    """'P14.L0.H1' for a head, 'P14.L0.MLP' for an MLP (head == n_heads)."""
-    return f"P{node['position']}.L{node['layer']}.{row_name(node['layer'], node['head'], cfg)[2:]}"
+class Node(NamedTuple):
+    """One node of the analysis: a head, or a layer's MLP, at one position of the question.
+
+    Node(14, 0, 1) is head 1 of layer 0 at position 14, named 'P14.L0.H1'; Node(14, 0, None) is layer 0's
+    MLP there, 'P14.L0.MLP'. A head's activation is its output z, `blocks.{L}.attn.hook_z` (B, P, H, D), at
+    [:, position, head]; an MLP's is its hidden activation, `blocks.{L}.mlp.hook_post` (B, P, M), at
+    [:, position]. Nodes sort by position, then layer, then head, the MLP last (the reference's order)."""
+    position: int
+    layer: int
+    head: int | None  # None = the layer's MLP
+
+    @property
+    def is_mlp(self) -> bool:
+        return self.head is None
+
+    @property
+    def component(self) -> str:
+        """The head or MLP without its position: 'L0H1' or 'L0MLP' (a row of the quanta maps)."""
+        return f"L{self.layer}" + ("MLP" if self.is_mlp else f"H{self.head}")
+
+    @property
+    def name(self) -> str:
+        """'P14.L0.H1' for a head, 'P14.L0.MLP' for an MLP."""
+        return f"P{self.position}.L{self.layer}." + ("MLP" if self.is_mlp else f"H{self.head}")
+
+    @property
+    def hook_name(self) -> str:
+        """Where the activation lives: 'blocks.{L}.attn.hook_z' (B, P, H, D) or 'blocks.{L}.mlp.hook_post' (B, P, M)."""
+        return f"blocks.{self.layer}." + ("mlp.hook_post" if self.is_mlp else "attn.hook_z")
+
+    @property
+    def index(self) -> tuple:
+        """The index after the batch axis: (position,) into hook_post, (position, head) into hook_z."""
+        return (self.position,) if self.is_mlp else (self.position, self.head)
+
+    def _key(self):
+        return self.position, self.layer, 1 << 30 if self.head is None else self.head
+
+    def __lt__(self, other):
+        return self._key() < other._key()
+
+    def __gt__(self, other):
+        return self._key() > other._key()
+
+    @classmethod
+    def parse(cls, text: str) -> "Node":
+        """'P14.L0.H1', 'P14L0H1' or 'P14.L0.MLP' -> Node. Raises ValueError naming the text otherwise."""
+        m = re.fullmatch(r"P(\d+)\.?L(\d+)\.?(?:H(\d+)|(MLP))", str(text).strip())
+        if not m:
+            raise ValueError(f"{text!r} is not a node name like 'P14.L0.H1' or 'P14.L0.MLP'")
+        return cls(int(m[1]), int(m[2]), None if m[4] else int(m[3]))
 
 
-def row_name(layer, head, cfg):
-    return f"L{layer}" + ("MLP" if head == cfg.n_heads else f"H{head}")
+def _node_entry(entry, cfg):
+    """One entry of a node list -> (Node, tags); ValueError (one line) for anything else."""
+    if isinstance(entry, str):
+        return Node.parse(entry), []
+    if not isinstance(entry, dict) or not {"position", "layer"} <= set(entry):
+        raise ValueError(f"{entry!r} is not a node: expected {{\"position\", \"layer\", \"head\", \"tags\"}}, "
+                         f"{{\"position\", \"layer\", \"is_head\", \"num\"}} or a name like 'P14.L0.H1'")
+    if "head" in entry:  # the reference's layout: head == n_heads is the MLP
+        head = entry["head"]
+        head = None if head == cfg.n_heads and type(head) is int else head
+    elif "num" in entry:  # the successor's layout
+        head = entry["num"] if entry.get("is_head", True) else None
+    else:
+        raise ValueError(f"{entry!r} is not a node: it has neither \"head\" nor \"num\"")
+    values = [entry["position"], entry["layer"]] + ([] if head is None else [head])
+    tags = entry.get("tags", [])
+    if any(type(v) is not int for v in values) or not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise ValueError(f"{entry!r} is not a node: position, layer and head must be integers, tags strings")
+    return Node(entry["position"], entry["layer"], head), list(tags)
 
 
-def tag_values(node, major):
-    """The minors of a node's tags with this major: tag_values(n, 'Attn') -> ['13=46', '12=50']."""
-    return [t[len(major) + 1:] for t in node["tags"] if t.startswith(major + ".")]
+def read_nodes(path, cfg) -> dict:
+    """A node list file -> {Node: tags (list of str)}, in file order.
+
+    Accepted: the reference's `_tags.json` layout [{"position", "layer", "head", "tags"}] (head == n_heads
+    is the MLP), the successor's [{"position", "layer", "is_head", "num", "tags"}] and names ['P14.L0.H1'],
+    each optionally under a "nodes" key. A node listed twice gets the union of its tags. Raises ValueError
+    (one line naming the file) for an unreadable file, another layout, or a node outside the model `cfg`."""
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the node list ({type(e).__name__}: {e})") from None
+    if isinstance(entries, dict) and "nodes" in entries:
+        entries = entries["nodes"]
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: not a node list (expected a JSON list of nodes, or one under \"nodes\")")
+    nodes = {}
+    for entry in entries:
+        try:
+            node, tags = _node_entry(entry, cfg)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        if not (0 <= node.position < cfg.n_ctx and 0 <= node.layer < cfg.n_layers
+                and (node.is_mlp or 0 <= node.head < cfg.n_heads)):
+            raise ValueError(f"{path}: node {node.name} is not in this model ({cfg.n_ctx} positions, "
+                             f"{cfg.n_layers} layers, {cfg.n_heads} heads)")
+        nodes.setdefault(node, [])
+        nodes[node] += [t for t in tags if t not in nodes[node]]
+    return nodes
 
 
-def write_nodes(path, nodes):
-    with open(path, "w") as f:
-        json.dump(nodes, f, indent=1)
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically: a crash leaves the old file or the new one, never half."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
 
 
-def read_nodes(path):
-    """nodes.json: a list of {"position", "layer", "head", "tags"}; head == n_heads means the MLP."""
-    with open(path) as f:
-        return json.load(f)
+def node_records(nodes, cfg) -> list:
+    """{Node: tags} (or an iterable of Nodes, without tags) -> the reference's layout as JSON-ready dicts
+    [{"position", "layer", "head", "tags"}], head == cfg.n_heads for an MLP."""
+    tagged = nodes if isinstance(nodes, dict) else {node: [] for node in nodes}
+    return [dict(position=nd.position, layer=nd.layer, head=cfg.n_heads if nd.is_mlp else nd.head, tags=list(tags))
+            for nd, tags in tagged.items()]
+
+
+def write_nodes(path, nodes, cfg):
+    """Write {Node: tags} (or Nodes) to `path` in the reference's layout (see node_records), atomically."""
+    write_json(path, node_records(nodes, cfg))
+
+
+def tag_values(tags, major):
+    """The minors of the tags with this major: tag_values(['Attn.13=46', 'Attn.12=50'], 'Attn') -> ['13=46', '12=50']."""
+    return [t[len(major) + 1:] for t in tags if t.startswith(major + ".")]
 
 # ----------------------------------------------------------------------------- questions and scoring
 
@@ -166,16 +273,11 @@ def replace(x, hook, position, head, value):
     return x
 
 
-def node_hook(node, means, kind, cfg):
+def node_hook(node: Node, means, kind):
     """(hook name, fn) that mean- or zero-ablates one node: a head at hook_z, an MLP at hook_post."""
-    layer, head, pos = node["layer"], node["head"], node["position"]
-    if head == cfg.n_heads:
-        name, head = f"blocks.{layer}.mlp.hook_post", None
-        value = means[name][pos]  # (M,)
-    else:
-        name = f"blocks.{layer}.attn.hook_z"
-        value = means[name][pos, head]  # (D,)
-    return name, functools.partial(replace, position=pos, head=head, value=value * (kind == "mean"))
+    value = means[node.hook_name][node.index]  # (D,) for a head, (M,) for an MLP
+    return node.hook_name, functools.partial(replace, position=node.position, head=node.head,
+                                             value=value * (kind == "mean"))
 
 
 def position_hooks(position, means, kind, n_layers):
@@ -190,7 +292,7 @@ def position_hooks(position, means, kind, n_layers):
 
 def ablate_nodes(model, tokens, nodes, means, kind="mean"):
     """Score the questions with all `nodes` ablated together: an Outcome."""
-    return failures(model, tokens, model.cfg.n_digits, [node_hook(nd, means, kind, model.cfg) for nd in nodes])
+    return failures(model, tokens, model.cfg.n_digits, [node_hook(nd, means, kind) for nd in nodes])
 
 
 def describe_classes(broken, classes):
@@ -216,7 +318,7 @@ def node_tags(broken, wrong, classes, n_digits):
 
 def attention_tags(patterns, node, top=4):
     """Attn.<key position>=<%> for the (up to) 4 keys a head's query at its position attends most, >= 1%."""
-    row = patterns[node["layer"], node["head"], node["position"]]  # (P,) over keys
+    row = patterns[node.layer, node.head, node.position]  # (P,) over keys
     weights, keys = row.topk(min(top, len(row)))
     percs = 100 * weights / row.sum()
     return [f"Attn.{k}={round(p)}" for k, p in zip(keys.tolist(), percs.tolist()) if p >= 1]
@@ -234,20 +336,19 @@ def position_ablation(model, tokens, means, kind, baseline, progress=False):
 
 def find_nodes(model, tokens, positions, means, patterns, kind, baseline, progress=False):
     """Ablate every head and MLP at each useful position, one forward pass per node over all questions.
-    Returns the useful nodes (those that break at least one question) with their tags, as in nodes.json."""
+    Returns the useful nodes (those that break at least one question) with their tags: {Node: tags}."""
     cfg = model.cfg
     classes = data.complexity(tokens, cfg.n_digits)
-    cells = [dict(position=p, layer=layer, head=h) for p in positions for layer in range(cfg.n_layers)
-             for h in range(cfg.n_heads + 1)]
-    nodes = []
+    cells = [Node(p, layer, h) for p in positions for layer in range(cfg.n_layers) for h in [*range(cfg.n_heads), None]]
+    nodes = {}
     for node in tqdm(cells, desc="nodes", disable=not progress, mininterval=0.5):
         out = ablate_nodes(model, tokens, [node], means, kind)
         broken = out.fails & ~baseline.fails
         if broken.any():
             tags = node_tags(broken, out.wrong, classes, cfg.n_digits)
-            if node["head"] < cfg.n_heads:
+            if not node.is_mlp:
                 tags += attention_tags(patterns, node)
-            nodes.append(dict(node, tags=tags))
+            nodes[node] = tags
     return nodes
 
 # ----------------------------------------------------------------------------- the shared state of a run
@@ -299,10 +400,10 @@ class Run:
         """From this run's `nodes` step, or nodes.json of an earlier run when that step is not asked for."""
         path = os.path.join(self.out, "nodes.json")
         if "nodes" not in self.steps and os.path.isfile(path):
-            return read_nodes(path)
+            return read_nodes(path, self.cfg)
         nodes = find_nodes(self.model, self.tokens, self.useful_positions, self.means, self.patterns,
                            self.kind, self.baseline, self.progress)
-        write_nodes(path, nodes)
+        write_nodes(path, nodes, self.cfg)
         return nodes
 
     def save(self, fig, filename):

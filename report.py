@@ -16,8 +16,7 @@ import torch
 import data
 import plots
 import train
-from analyse import (MAJOR, answer_labels, node_name, position_names, question_sets, row_name,
-                     tag_values, write_nodes)
+from analyse import MAJOR, Node, answer_labels, position_names, question_sets, tag_values, write_nodes
 
 
 def table(header, rows):
@@ -30,8 +29,8 @@ def percent(k, total):
     return f"{100 * k / max(total, 1):.2f}"
 
 
-def fail_perc(node):
-    return int(tag_values(node, "FailPerc")[0])
+def fail_perc(tags):
+    return int(tag_values(tags, "FailPerc")[0])
 
 
 def join(words):
@@ -172,27 +171,27 @@ def _classes(broken, classes):
 
 def step_nodes(run):
     cfg, names, nodes = run.cfg, position_names(run.n, run.task), run.nodes
-    heads = [nd for nd in nodes if nd["head"] < cfg.n_heads]
+    heads = [nd for nd in nodes if not nd.is_mlp]
     rows = []
-    for nd in nodes:
-        fail = fail_perc(nd)
-        attn = ", ".join(f"{names[int(k)]} {v}%" for k, v in (a.split("=") for a in tag_values(nd, "Attn")))
-        classes = " ".join(c for major in MAJOR.values() for c in tag_values(nd, major))
-        rows.append([node_name(nd, cfg), names[nd["position"]], "<1" if fail == 0 else fail,
-                     tag_values(nd, "Impact")[0], classes, attn or "-"])
+    for nd, tags in nodes.items():
+        fail = fail_perc(tags)
+        attn = ", ".join(f"{names[int(k)]} {v}%" for k, v in (a.split("=") for a in tag_values(tags, "Attn")))
+        classes = " ".join(c for major in MAJOR.values() for c in tag_values(tags, major))
+        rows.append([nd.name, names[nd.position], "<1" if fail == 0 else fail,
+                     tag_values(tags, "Impact")[0], classes, attn or "-"])
     text = (f"Each head (its output `hook_z`) and each MLP (its hidden activations `hook_post`) at each useful "
             f"position was {run.kind}-ablated alone over all {len(run.tokens):,} varied questions. "
             f"{len(nodes)} nodes break at least one question: {len(heads)} heads and {len(nodes) - len(heads)} "
-            f"MLPs, at {len({nd['position'] for nd in nodes})} positions. ")
+            f"MLPs, at {len({nd.position for nd in nodes})} positions. ")
     if nodes:
-        top = [nd for nd in sorted(nodes, key=lambda nd: -fail_perc(nd)) if fail_perc(nd) > 0][:3]
-        text += ("The most important are " + join(f"{node_name(nd, cfg)} ({fail_perc(nd)}%)" for nd in top) + ". "
+        top = [nd for nd in sorted(nodes, key=lambda nd: -fail_perc(nodes[nd])) if fail_perc(nodes[nd]) > 0][:3]
+        text += ("The most important are " + join(f"{nd.name} ({fail_perc(nodes[nd])}%)" for nd in top) + ". "
                  if top else "Each breaks fewer than 1% of the questions. ")
         single = {}
-        for nd in nodes:
-            impact = tag_values(nd, "Impact")[0][1:]
+        for nd, tags in nodes.items():
+            impact = tag_values(tags, "Impact")[0][1:]
             if len(impact) == 1:
-                single.setdefault(impact, []).append(node_name(nd, cfg))
+                single.setdefault(impact, []).append(nd.name)
         if single:
             text += ("Nodes that affect a single answer digit: " + "; ".join(
                 f"A{d}: {', '.join(v)}" for d, v in sorted(single.items(), reverse=True)) + ". ")
@@ -200,7 +199,7 @@ def step_nodes(run):
              f"A{run.n + 1}); the classes are those of the questions broken; the attention column says "
              "where a head looks from its position. The same list is in `nodes.json`.")
     head = ["node", "at", "fail %", "impact", "classes broken", "attention"]
-    listing = "\n".join(f"    {node_name(nd, cfg)} {nd['tags']}" for nd in nodes)
+    listing = "\n".join(f"    {nd.name} {tags}" for nd, tags in nodes.items())
     return "\n\n".join(["## Useful nodes", text, table(head, rows), "The raw tags:", listing or "    (none)"])
 
 # ----------------------------------------------------------------------------- quanta maps
@@ -221,20 +220,20 @@ def impact_text(digits):
 def map_cells(nodes, cfg, names, kind):
     """{(row, column): (text, colour index)} of one quanta map: kind is fail, attention, impact, Add, Sub or Neg."""
     cells = {}
-    for nd in nodes:
-        key, text, index = (row_name(nd["layer"], nd["head"], cfg), names[nd["position"]]), None, 0
+    for nd, tags in nodes.items():
+        key, text, index = (nd.component, names[nd.position]), None, 0
         if kind == "fail":
-            v = fail_perc(nd)
+            v = fail_perc(tags)
             text, index = ("<1%" if v == 0 else f"{v}%"), v // 10
-        elif kind == "attention" and nd["head"] < cfg.n_heads:
-            attn = [(int(k), int(v)) for k, v in (a.split("=") for a in tag_values(nd, "Attn"))]
+        elif kind == "attention" and not nd.is_mlp:
+            attn = [(int(k), int(v)) for k, v in (a.split("=") for a in tag_values(tags, "Attn"))]
             text, index = " ".join(names[k] for k, _ in attn), 10 - sum(v for _, v in attn) // 10
         elif kind == "impact":
-            digits = [int(d) for d in tag_values(nd, "Impact")[0][1:]]
+            digits = [int(d) for d in tag_values(tags, "Impact")[0][1:]]
             text, index = (impact_text(digits), min(digits)) if digits else (None, 0)
-        elif kind in MAJOR.values() and tag_values(nd, kind):
+        elif kind in MAJOR.values() and tag_values(tags, kind):
             order = [c for c in data.COMPLEXITY if MAJOR[c[0]] == kind]
-            text = min(tag_values(nd, kind), key=order.index)
+            text = min(tag_values(tags, kind), key=order.index)
             index = order.index(text)
         if text:
             cells[key] = (text, index)
@@ -243,8 +242,8 @@ def map_cells(nodes, cfg, names, kind):
 
 def step_maps(run):
     cfg, names, nodes = run.cfg, position_names(run.n, run.task), run.nodes
-    rows = [row_name(layer, h, cfg) for layer in range(cfg.n_layers) for h in range(cfg.n_heads + 1)]
-    cols = [names[p] for p in sorted({nd["position"] for nd in nodes})]
+    rows = [Node(0, layer, h).component for layer in range(cfg.n_layers) for h in [*range(cfg.n_heads), None]]
+    cols = [names[p] for p in sorted({nd.position for nd in nodes})]
     gy = plots.GREEN_YELLOW
     maps = [("fail", "failure %: questions broken by ablating the node", plots.paled("winter", 10)),
             ("attention", "attention: positions a head attends (green: focused)", plots.paled(gy, 10))]
@@ -269,8 +268,8 @@ def _maps_text(run, nodes, names):
     text = ("Rows are nodes (`L0H0` .. `L0MLP`, `L1H0` ..), columns the useful positions, named after the "
             "token there; grey cells are nodes whose ablation breaks nothing. ")
     impacts = {}
-    for nd in nodes:
-        impacts.setdefault(nd["position"], set()).update(int(d) for d in tag_values(nd, "Impact")[0][1:])
+    for nd, tags in nodes.items():
+        impacts.setdefault(nd.position, set()).update(int(d) for d in tag_values(tags, "Impact")[0][1:])
     first, labels = data.logit_slice(run.n).start, answer_labels(run.n)
     answer = [p for p in sorted(impacts) if p >= first]
     on_time = [p for p in answer if impacts[p] == {int(labels[p - first])}]  # impacts only what it predicts
@@ -287,9 +286,9 @@ def _maps_text(run, nodes, names):
                  f"{impact_text(set().union(*(impacts[p] for p in early)))}, so they prepare values that "
                  f"later positions use, such as a {'carry' if run.task == 'add' else 'carry or borrow'} that must be known before its "
                  f"digit is written. ")
-    for major in [m for m in MAJOR.values() if any(tag_values(nd, m) for nd in nodes)]:
+    for major in [m for m in MAJOR.values() if any(tag_values(tags, m) for tags in nodes.values())]:
         order = [c for c in data.COMPLEXITY if MAJOR[c[0]] == major]
-        mins = [min(tag_values(nd, major), key=order.index) for nd in nodes if tag_values(nd, major)]
+        mins = [min(tag_values(tags, major), key=order.index) for tags in nodes.values() if tag_values(tags, major)]
         counts = {c: mins.count(c) for c in order if c in mins}
         text += (f"{major}: the simplest class whose questions a node breaks is " +
                  ", ".join(f"{c} for {k} node{'s' * (k > 1)}" for c, k in counts.items()) +
@@ -318,7 +317,7 @@ def algorithm_step(run, which):
         elif which == "algorithm":
             md, nodes = algorithm.run_algorithm(run.model, run.task, run.nodes, run.out, run.progress)
             run.nodes = nodes
-            write_nodes(os.path.join(run.out, "nodes.json"), nodes)
+            write_nodes(os.path.join(run.out, "nodes.json"), nodes, run.cfg)
             print(md, flush=True)  # the verified algorithm table, also saved as algorithm.md
         else:
             md = getattr(algorithm, f"run_{which}")(run.model, run.task, run.nodes, run.out, run.progress)

@@ -78,11 +78,9 @@ def node_failures(model, n_digits, nodes, sets, progress=True, use_analyse=True)
     an = _analyse() if use_analyse else None
     if an is not None:
         means = an.layer_means(model, tokens)
-        H = model.cfg.n_heads  # analyse's nodes: {"position", "layer", "head"}, head == n_heads the MLP
 
         def broken(layer, head, p):
-            node = dict(position=p, layer=layer, head=H if head is None else head)
-            return an.ablate_nodes(model, tokens, [node], means).wrong.any(1)
+            return an.ablate_nodes(model, tokens, [an.Node(p, layer, head)], means).wrong.any(1)
     else:
         names = {(l, h): f"blocks.{l}.mlp.hook_post" if h is None else f"blocks.{l}.attn.hook_z" for l, h in nodes}
         _, cache = model.run_with_cache(tokens, names=sorted(set(names.values())))

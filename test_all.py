@@ -347,8 +347,8 @@ def test_analyse_ablating_an_unused_node_changes_nothing():
     cfg, read, last = model.cfg, data.logit_slice(2), model.cfg.n_ctx - 1
     # The last position (A0) predicts nothing that is read, and no position after it can attend to it:
     # ablating every head, every MLP and the residual stream there must leave the answer logits bit-identical.
-    nodes = [dict(position=last, layer=layer, head=h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads + 1)]
-    hooks = [analyse.node_hook(nd, means, "mean", cfg) for nd in nodes] + analyse.position_hooks(last, means, "zero", 2)
+    nodes = [analyse.Node(last, layer, h) for layer in range(cfg.n_layers) for h in [*range(cfg.n_heads), None]]
+    hooks = [analyse.node_hook(nd, means, "mean") for nd in nodes] + analyse.position_hooks(last, means, "zero", 2)
     with torch.inference_mode():
         clean = model(tokens)
         with model.hooks(hooks):
@@ -362,7 +362,7 @@ def test_analyse_ablating_every_head_at_the_answer_breaks_the_answers():
     import analyse
     model, tokens, means = _analysed()
     cfg, read = model.cfg, data.logit_slice(2)
-    nodes = [dict(position=p, layer=layer, head=h) for p in range(read.start, read.stop)
+    nodes = [analyse.Node(p, layer, h) for p in range(read.start, read.stop)
              for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
     before = analyse.failures(model, tokens, 2).fails.float().mean()
     for kind in ("mean", "zero"):
@@ -382,16 +382,15 @@ def test_analyse_useful_nodes_tags_and_nodes_json_round_trip():
     # Nothing computed at A0 is read; every answer digit but the sign (always + here) is computed somewhere.
     assert cfg.n_ctx - 1 not in positions and {7, 8} <= set(positions), positions
     nodes = analyse.find_nodes(model, tokens, positions, means, analyse.mean_patterns(model, tokens), "mean", baseline)
-    assert nodes and all(nd["position"] in positions for nd in nodes)
+    assert nodes and all(nd.position in positions for nd in nodes)
     pattern = r"FailPerc\.\d+|Impact\.A[0-3]+|(Add\.S[0-5])|Attn\.\d+=\d+"
-    assert all(re.fullmatch(pattern, t) for nd in nodes for t in nd["tags"]), nodes
-    assert all(analyse.tag_values(nd, "Attn") for nd in nodes if nd["head"] < cfg.n_heads)
-    assert analyse.node_name(dict(position=7, layer=1, head=3), cfg) == "P7.L1.MLP"
+    assert all(re.fullmatch(pattern, t) for tags in nodes.values() for t in tags), nodes
+    assert all(analyse.tag_values(tags, "Attn") for nd, tags in nodes.items() if not nd.is_mlp)
     assert analyse.position_names(2, "add") == ["D1", "D0", "+", "D'1", "D'0", "=", "sign", "A2", "A1", "A0"]
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "nodes.json")
-        analyse.write_nodes(path, nodes)
-        assert analyse.read_nodes(path) == nodes
+        analyse.write_nodes(path, nodes, cfg)
+        assert analyse.read_nodes(path, cfg) == nodes and list(analyse.read_nodes(path, cfg)) == list(nodes)
     names = analyse.position_names(2, "add")
     for kind in ("fail", "attention", "impact", "Add"):
         assert report.map_cells(nodes, cfg, names, kind)
@@ -476,8 +475,8 @@ def test_pca_matches_torch_pca_lowrank_up_to_sign():
 
 
 def test_interventions_self_patch_positive_control_and_unused_node():
-    import framework
     import interventions as iv
+    from analyse import Node
     model, n = tiny_model("add", 2, 600), 2
     store, alter, want = iv.claim_pairs(model, "SA", 0, 60, torch.Generator().manual_seed(1))
     assert len(alter) >= 50
@@ -490,7 +489,7 @@ def test_interventions_self_patch_positive_control_and_unused_node():
     assert iv.test_claim(model, store, alter, want, [x for x in iv.all_nodes(model.cfg) if x[0] == last]) \
         == (len(alter), len(alter))
     # position 0 only sees D(n-1), which these pairs share: a claim that it does A0's base add fails
-    passes, total = iv.test_claim(model, store, alter, want, [(0, 0, 0)])
+    passes, total = iv.test_claim(model, store, alter, want, [Node(0, 0, 0)])
     assert passes == 0 and total == len(alter)
 
 # ============================================================================= reuse (issue 6)
@@ -745,6 +744,53 @@ def test_exercises_cli_stub_and_bad_input():
     for i, check in exercises.CHECKS.items():  # every untouched stub: a friendly line, not a traceback
         ok, msg = check(exercises.STUBS[i], **({"checkpoint": D5_ADDER} if i == 10 else {}))
         assert not ok and msg.startswith("not implemented yet"), (i, msg)
+
+
+# ============================================================================= analysis: nodes, node lists, outputs as data
+
+
+def test_node_names_sites_and_node_list_layouts():
+    import json
+    from analyse import Node, read_nodes, write_nodes
+    cfg = Config(n_digits=5, n_layers=2, n_heads=3, d_model=48, d_head=16, d_mlp=192)  # 18 positions
+    head, mlp = Node(14, 0, 1), Node(14, 1, None)
+    assert (head.name, mlp.name, head.component, mlp.component) == ("P14.L0.H1", "P14.L1.MLP", "L0H1", "L1MLP")
+    assert (head.hook_name, head.index) == ("blocks.0.attn.hook_z", (14, 1)) and not head.is_mlp
+    assert (mlp.hook_name, mlp.index) == ("blocks.1.mlp.hook_post", (14,)) and mlp.is_mlp
+    assert Node.parse("P14.L0.H1") == Node.parse("P14L0H1") == head and Node.parse("P14.L1.MLP") == mlp
+    assert sorted([mlp, Node(14, 1, 2), head, Node(3, 1, None)]) == [Node(3, 1, None), head, Node(14, 1, 2), mlp]
+    # the reference's layout (head == n_heads is the MLP), the successor's, names, under "nodes" or not
+    layouts = [[{"position": 14, "layer": 0, "head": 1, "tags": ["FailPerc.3"]}, {"position": 14, "layer": 1, "head": 3}],
+               {"nodes": [{"position": 14, "layer": 0, "is_head": True, "num": 1, "tags": ["FailPerc.3"]},
+                          {"position": 14, "layer": 1, "is_head": False, "num": 0}]},
+               ["P14.L0.H1", "P14L1MLP"]]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "nodes.json")
+        for i, layout in enumerate(layouts):
+            with open(path, "w") as f:
+                json.dump(layout, f)
+            assert read_nodes(path, cfg) == {head: ["FailPerc.3"] if i < 2 else [], mlp: []}, layout
+        write_nodes(path, {mlp: ["Impact.A1"], head: []}, cfg)
+        assert json.load(open(path)) == [{"position": 14, "layer": 1, "head": 3, "tags": ["Impact.A1"]},
+                                         {"position": 14, "layer": 0, "head": 1, "tags": []}]
+        assert list(read_nodes(path, cfg)) == [mlp, head]  # file order is kept
+        bad = [{"layer": 0, "head": 1}, [{"position": 18, "layer": 0, "head": 1}], [{"position": 1, "layer": 2, "head": 0}],
+               [{"position": 1, "layer": 0, "head": 4}], [{"position": 1, "layer": 0, "head": True}], ["L0H1"],
+               [{"position": 1, "layer": 0}], [{"position": 1, "layer": 0, "head": 1, "tags": "x"}], 3]
+        for layout in bad:
+            with open(path, "w") as f:
+                json.dump(layout, f)
+            try:
+                read_nodes(path, cfg)
+                raise AssertionError(f"accepted {layout}")
+            except ValueError as e:
+                assert str(e).startswith(path) and len(str(e).splitlines()) == 1, str(e)
+        for text in ("P14.L0", "L0H1", "P1.L0.H", "x"):
+            try:
+                Node.parse(text)
+                raise AssertionError(text)
+            except ValueError as e:
+                assert text in str(e)
 
 
 # ============================================================================= runner
