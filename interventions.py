@@ -26,27 +26,14 @@ from tqdm import tqdm
 import data
 import framework
 import train
+from analyse import Node
 
 # ----------------------------------------------------------------------------- nodes
 
 
-def node_name(node, n_heads) -> str:
-    """(position, layer, head) -> 'P12.L0.H1'; head == n_heads is the MLP: 'P12.L0.MLP'."""
-    p, l, h = node
-    return f"P{p}.L{l}." + ("MLP" if h == n_heads else f"H{h}")
-
-
 def all_nodes(cfg):
-    """Every (position, layer, head-or-MLP) of a model, for when no useful-node list is given."""
-    return [(p, l, h) for p in range(cfg.n_ctx) for l in range(cfg.n_layers) for h in range(cfg.n_heads + 1)]
-
-
-def _site(node, n_heads):
-    """Where a node's activation lives: (hook name, index tuple after the batch axis)."""
-    p, l, h = node
-    if h == n_heads:
-        return f"blocks.{l}.mlp.hook_post", (p,)         # (B, P, M)
-    return f"blocks.{l}.attn.hook_z", (p, h)            # (B, P, H, D)
+    """Every Node (position, layer, head or MLP) of a model, for when no useful-node list is given."""
+    return [Node(p, l, h) for p in range(cfg.n_ctx) for l in range(cfg.n_layers) for h in [*range(cfg.n_heads), None]]
 
 
 def _is_site(name):
@@ -68,7 +55,7 @@ def intervene(model, store, alter, node_sets, cache=None, chunk=64):
     """Patch each node set (a list of lists of nodes) from `store` into `alter` questions (both (B, P)).
     Returns predicted answer tokens (len(node_sets), B, n+2). `cache` (from a run_with_cache of store
     restricted to hook_z / hook_post) may be passed to reuse it across calls."""
-    n, H, B = model.cfg.n_digits, model.cfg.n_heads, len(alter)
+    n, B = model.cfg.n_digits, len(alter)
     if cache is None:
         cache = model.run_with_cache(store, names=_is_site)[1]  # inside inference_mode: no graph
     out = []
@@ -77,8 +64,7 @@ def intervene(model, store, alter, node_sets, cache=None, chunk=64):
         patches = {}
         for i, nodes in enumerate(sets):
             for node in nodes:
-                name, idx = _site(node, H)
-                patches.setdefault(name, []).append((i, idx, cache[name][(slice(None),) + idx]))
+                patches.setdefault(node.hook_name, []).append((i, node.index, cache[node.hook_name][(slice(None),) + node.index]))
         hook = partial(_put, patches=patches, B=B)
         logits = model.run_with_hooks(alter.repeat(len(sets), 1), [(name, hook) for name in patches])
         out.append(logits[:, data.logit_slice(n)].argmax(-1).view(len(sets), B, n + 2))
@@ -136,7 +122,7 @@ def _search_one(model, store, alter, expected, k, candidates, max_movers):
 
 def discover(model, task, nodes=None, n_pairs=100, seed=0, max_movers=24, min_pairs=20, progress=True):
     """For every answer digit and sub-task: the smallest node sets whose patch moves the answer exactly
-    as the framework predicts on every pair. `nodes`: candidate (position, layer, head) tuples (default all).
+    as the framework predicts on every pair. `nodes`: candidate Nodes (default all).
     Returns rows {digit, subtask, sets, passed, total, best, best_passed}, sets as lists of nodes."""
     cfg, n = model.cfg, model.cfg.n_digits
     nodes = all_nodes(cfg) if nodes is None else nodes
@@ -159,34 +145,34 @@ def discover(model, task, nodes=None, n_pairs=100, seed=0, max_movers=24, min_pa
 
 
 def algo_tags(rows):
-    """{node: ['Algo.A3.SA', ...]} for every node in a passing set."""
+    """{Node: ['Algo.A3.SA', ...]} for every node in a passing set."""
     tags = {}
     for r in rows:
         for s in r["sets"]:
             for node in s:
                 tag = f"Algo.{r['digit']}.{r['subtask']}"
-                if tag not in tags.setdefault(tuple(node), []):
-                    tags[tuple(node)].append(tag)
+                if tag not in tags.setdefault(node, []):
+                    tags[node].append(tag)
     return tags
 
 
-def _set_name(nodes, row, n_heads):
+def _set_name(nodes, row):
     """'P12.L0.H1' for one node; 'P13.L0.H0 (51) + P13.L0.H2 (6)' for a pair, with the pairs each moves alone."""
     if len(nodes) == 1:
-        return node_name(nodes[0], n_heads)
-    return " + ".join(f"{node_name(x, n_heads)} ({row['alone'][tuple(x)]})" for x in nodes)
+        return nodes[0].name
+    return " + ".join(f"{x.name} ({row['alone'][x]})" for x in nodes)
 
 
-def table(rows, n_heads, shown=4) -> str:
+def table(rows, shown=4) -> str:
     """The markdown table 'digit | sub-task | node(s) | tests passed' (at most `shown` sets a row)."""
     lines = ["| digit | sub-task | node(s) | tests passed |", "|---|---|---|---|"]
     for r in rows:
         if r["sets"]:
-            found = ", ".join(_set_name(s, r, n_heads) for s in r["sets"][:shown])
+            found = ", ".join(_set_name(s, r) for s in r["sets"][:shown])
             found += f" (+{len(r['sets']) - shown} more sets)" if len(r["sets"]) > shown else ""
             lines.append(f"| {r['digit']} | {r['subtask']} | {found} | {r['passed']}/{r['total']} |")
         else:
-            best = " + ".join(node_name(x, n_heads) for x in r["best"]) or "-"
+            best = " + ".join(x.name for x in r["best"]) or "-"
             why = f"best: {best}" if r["total"] >= 20 else "too few pairs the model answers right"
             lines.append(f"| {r['digit']} | {r['subtask']} | none ({why}) | "
                          f"{r['best_passed']}/{r['total']} |")
