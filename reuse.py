@@ -40,9 +40,9 @@ from dataclasses import asdict, replace
 import torch
 
 import train
-from analyse import read_nodes
+from analyse import Node, read_nodes
 from model import CheckpointError, Config, Transformer, load_model, pick_device
-from reuse_nodes import inserted_node_usage, node_name, usage_table, useful_source_heads
+from reuse_nodes import inserted_node_usage, usage_table, useful_source_heads
 
 PREFIX = {"init": "ins1_", "freeze-useful": "ins2_", "freeze-all": "ins3_"}
 PER_HEAD = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")  # attention tensors indexed by head first
@@ -338,7 +338,7 @@ def main(argv=None):
                      else useful_source_heads(src, progress=not args.no_progress))
         except ValueError as e:
             p.error(str(e))
-        print("useful source heads kept as inserted:", " ".join(node_name(*n) for n in sorted(heads)) or "none")
+        print("useful source heads kept as inserted:", " ".join(Node(0, *n).component for n in sorted(heads)) or "none")
     if args.compare:
         compare(src, cfg, tc, mode, args, heads, device)
         return 0

@@ -373,7 +373,7 @@ def test_analyse_ablating_every_head_at_the_answer_breaks_the_answers():
 def test_analyse_useful_nodes_tags_and_nodes_json_round_trip():
     import re
     import analyse
-    import report
+    import plots
     model, tokens, means = _analysed()
     cfg = model.cfg
     baseline = analyse.failures(model, tokens, 2)
@@ -393,8 +393,8 @@ def test_analyse_useful_nodes_tags_and_nodes_json_round_trip():
         assert analyse.read_nodes(path, cfg) == nodes and list(analyse.read_nodes(path, cfg)) == list(nodes)
     names = analyse.position_names(2, "add")
     for kind in ("fail", "attention", "impact", "Add"):
-        assert report.map_cells(nodes, cfg, names, kind)
-    assert report.impact_text({0, 1, 2, 5}) == "A0..2,5" and report.impact_text({4, 5}) == "A45"
+        assert plots.map_cells(nodes, names, kind)
+    assert plots.impact_text({0, 1, 2, 5}) == "A0..2,5" and plots.impact_text({4, 5}) == "A45"
 
 
 def test_analyse_every_plot_returns_a_figure():
@@ -412,12 +412,12 @@ def test_analyse_every_plot_returns_a_figure():
 
 
 def test_analyse_cli_writes_report_and_nodes():
-    import analyse
+    import report
     model = tiny_model("add", 2, 600)
     with tempfile.TemporaryDirectory() as d:
         path, tl, out = os.path.join(d, "add_d2.pt"), os.path.join(d, "tl.pth"), os.path.join(d, "out")
         save_model(path, model, task="add", seed=0, steps=600)
-        assert analyse.main([path, "--out", out, "--questions", "64", "--no-progress", "--only", "accuracy",
+        assert report.main([path, "--out", out, "--questions", "64", "--no-progress", "--only", "accuracy",
                              "attention", "positions", "nodes", "maps"]) == 0
         files = set(os.listdir(out))
         assert {"report.md", "nodes.json", "map_fail.png", "map_impact.png", "positions.png", "attention_mean.png"} <= files
@@ -425,9 +425,13 @@ def test_analyse_cli_writes_report_and_nodes():
         assert all(f"![{f}]({f})" in text for f in files if f.endswith(".png"))
         assert "## Useful nodes" in text and "## Quanta maps" in text
         torch.save(model.state_dict(), tl)  # a TransformerLens-style file: it does not say its task
-        for args in ([tl], [os.path.join(d, "missing.pt")], [path, "--task", "sub"], [path, "--only", "nope"]):
-            msg = cli_error(analyse.main, args + ["--out", out])
-            assert msg.startswith("analyse.py: error:") and len(msg.splitlines()) == 1, (args, msg)
+        with open(os.path.join(d, "add_d2.json"), "w") as f:
+            f.write("{}")  # what train.py writes beside the .pt
+        for args, says in (([tl], "--task"), ([os.path.join(d, "missing.pt")], "no such"),
+                           ([path, "--task", "sub"], "is an add model, not sub"), ([path, "--only", "nope"], "nope"),
+                           ([d], "is a folder"), ([os.path.join(d, "add_d2.json")], f"analyse {path}")):
+            msg = cli_error(report.main, args + ["--out", out])
+            assert msg.startswith("analyse.py: error:") and len(msg.splitlines()) == 1 and says in msg, (args, msg)
 
 # ============================================================================= algorithm (issue 5)
 
@@ -461,7 +465,7 @@ def test_pairs_differ_only_in_the_subtask_and_predict_a_change():
 
 
 def test_pca_matches_torch_pca_lowrank_up_to_sign():
-    from algorithm import pca
+    from analyse import pca
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 3, generator=g) * torch.tensor([5.0, 2.0, 1.0]) @ torch.randn(3, 20, generator=g)
     X = X + 0.01 * torch.randn(200, 20, generator=g) + 3.0           # off-centre, rank ~3
@@ -647,13 +651,12 @@ def test_reuse_node_usage_after_growing():
     model = Transformer(replace(src.cfg, n_layers=3, n_heads=4), torch.Generator().manual_seed(0)).eval()
     offset = reuse.insert(src, model, late=True, preserve=True)  # answers as the source: the same nodes matter
     rows, base = reuse.inserted_node_usage(model, src.cfg, offset, n_questions=60, progress=False)
-    assert base["add"] == 1.0 and base["sub"] == 0.0 and base["neg"] == 0.0, base
+    # an addition model gets a few subtractions right by chance (x - 0 is x + 0): too few to give a role
+    assert base["add"] == 1.0 and base["sub"] < 0.1 and base["neg"] == 0.0, base
     role = {r["node"]: r for r in rows}
     assert sorted(role) == ["L1H0", "L1H1", "L1H2", "L1MLP", "L2H0", "L2H1", "L2H2", "L2MLP"]
     assert role["L1MLP"]["role"] == "add" and role["L1MLP"]["max_fail"]["add"] > 0.5, role["L1MLP"]
     assert all(r["role"] in ("add", "unused") for r in rows)  # an addition model cannot serve subtraction
-    own = reuse.inserted_node_usage(model, src.cfg, offset, n_questions=60, progress=False, use_analyse=False)
-    assert own == (rows, base), "reuse_nodes' own ablation and analyse.py's should agree"
 
 # ============================================================================= exercises (issue 7)
 
@@ -752,7 +755,7 @@ def test_exercises_cli_stub_and_bad_input():
 def test_node_names_sites_and_node_list_layouts():
     import json
     from analyse import Node, read_nodes, write_nodes
-    cfg = Config(n_digits=5, n_layers=2, n_heads=3, d_model=48, d_head=16, d_mlp=192)  # 18 positions
+    cfg = Config(n_digits=5, n_layers=2, n_heads=3, d_model=48, d_head=16, d_mlp=192)  # 19 positions
     head, mlp = Node(14, 0, 1), Node(14, 1, None)
     assert (head.name, mlp.name, head.component, mlp.component) == ("P14.L0.H1", "P14.L1.MLP", "L0H1", "L1MLP")
     assert (head.hook_name, head.index) == ("blocks.0.attn.hook_z", (14, 1)) and not head.is_mlp
@@ -774,7 +777,7 @@ def test_node_names_sites_and_node_list_layouts():
         assert json.load(open(path)) == [{"position": 14, "layer": 1, "head": 3, "tags": ["Impact.A1"]},
                                          {"position": 14, "layer": 0, "head": 1, "tags": []}]
         assert list(read_nodes(path, cfg)) == [mlp, head]  # file order is kept
-        bad = [{"layer": 0, "head": 1}, [{"position": 18, "layer": 0, "head": 1}], [{"position": 1, "layer": 2, "head": 0}],
+        bad = [{"layer": 0, "head": 1}, [{"position": 19, "layer": 0, "head": 1}], [{"position": 1, "layer": 2, "head": 0}],
                [{"position": 1, "layer": 0, "head": 4}], [{"position": 1, "layer": 0, "head": True}], ["L0H1"],
                [{"position": 1, "layer": 0}], [{"position": 1, "layer": 0, "head": 1, "tags": "x"}], 3]
         for layout in bad:
@@ -791,6 +794,26 @@ def test_node_names_sites_and_node_list_layouts():
                 raise AssertionError(text)
             except ValueError as e:
                 assert text in str(e)
+
+
+def test_analysis_finds_the_same_nodes_and_algorithm_on_the_tiny_adder():
+    """The analysis of the shipped tiny adder must find exactly what it found when the fixture was written:
+    the same useful nodes and tags (nodes.json) and the same verified claims (algorithm.json's rows)."""
+    import json
+    import report
+    with open(os.path.join(HERE, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0_analysis.json")) as f:
+        expected = json.load(f)
+    with tempfile.TemporaryDirectory() as out:
+        assert report.main([TINY_ADD3, "--out", out, "--questions", "128", "--no-progress",
+                            "--only", "positions", "nodes", "algorithm"]) == 0
+        with open(os.path.join(out, "nodes.json")) as f:
+            assert json.load(f) == expected["nodes"]
+        with open(os.path.join(out, "algorithm.json")) as f:
+            assert json.load(f)["rows"] == expected["algorithm_rows"]
+        with open(os.path.join(out, "positions.json")) as f:
+            positions = json.load(f)
+        useful = {nd["position"] for nd in expected["nodes"]}
+        assert set(positions["useful"]) == useful and len(positions["positions"]) == 3 * 3 + 4
 
 
 # ============================================================================= runner
