@@ -11,7 +11,7 @@ components. Left out on purpose: k-means and silhouette scores (a cross-validate
 components says directly whether the classes separate), sparse autoencoders.
 """
 import functools
-import time
+import os
 
 import torch
 from tqdm import tqdm
@@ -21,7 +21,8 @@ import framework
 import interventions as iv
 import plots
 import train
-from analyse import Node, centroid_accuracy, failures, node_records, pca, replace, sample_questions
+from algorithm_figure import draw_algorithm
+from analyse import Node, centroid_accuracy, failures, pca, replace, sample_questions
 
 CLASSES = {"add": ["T8: sum 0-8", "T9: sum 9", "T10: sum 10-18"], "sub": ["D<D'", "D=D'", "D>D'"]}
 
@@ -89,44 +90,20 @@ def step_pca(run, grid=12):
 # ----------------------------------------------------------------------------- the verified algorithm
 
 
-def describe(rows) -> str:
-    """One sentence per answer digit saying which nodes do which verified sub-task."""
-    by_digit = {}
-    for r in rows:
-        if r["sets"]:
-            names = " or ".join(" + ".join(x.name for x in s) for s in r["sets"])
-            by_digit.setdefault(r["digit"], []).append(f"{r['subtask']} by {names}")
-    return "\n".join(f"- {d}: " + "; ".join(parts) + "." for d, parts in by_digit.items())
+# --- the verified algorithm: interventions.py does the work (discovery's own block, kept separate) ---
 
 
 def step_algorithm(run):
-    """Discovery step on the useful nodes. Returns (markdown, the nodes with 'Algo.<An>.<subtask>' tags
-    added, the numbers: seconds, every claim tested with its passing node sets, the tagged nodes)."""
-    H, t0 = run.cfg.n_heads, time.time()
-    as_list = lambda nd: [nd.position, nd.layer, H if nd.is_mlp else nd.head]  # noqa: E731  the reference's layout
-    rows = iv.discover(run.model, run.task, list(run.nodes), n_pairs=run.settings["pairs"], seed=run.seed,
-                       progress=run.progress)
-    seconds = time.time() - t0
-    tags = iv.algo_tags(rows)
-    nodes = {nd: list(old) + [t for t in tags.get(nd, []) if t not in old] for nd, old in run.nodes.items()}
-    share = []
-    for kind, is_mlp in (("heads", False), ("MLPs", True)):
-        group = [nd for nd in nodes if nd.is_mlp == is_mlp]
-        done = sum(any(t.startswith("Algo.") for t in nodes[nd]) for nd in group)
-        share.append(f"{done}/{len(group)} useful {kind} ({100 * done / max(1, len(group)):.0f}%)")
-    found = sum(bool(r["sets"]) for r in rows)
-    md = "\n".join([
-        "## The verified algorithm (interchange interventions)", "",
-        f"Each row claims that patching the node(s) from a store question into an alter question that differ "
-        f"only in that sub-task moves the answer exactly as framework.py predicts; it passes only if every "
-        f"pair agrees. {found} of {len(rows)} digit/sub-task claims verified in {seconds:.0f}s.", "",
-        iv.table(rows), "", describe(rows), "",
-        f"Purpose found for {share[0]} and {share[1]}.", ""])
-    numbers = {"seconds": seconds, "rows": [dict(r, sets=[[as_list(x) for x in s] for s in r["sets"]],
-                                                 best=[as_list(x) for x in r["best"]],
-                                                 alone=[[*as_list(x), m] for x, m in r["alone"].items()]) for r in rows],
-               "nodes": node_records(nodes, run.cfg)}
-    return md, nodes, numbers
+    """Discovery step on the useful nodes (interventions.discover): markdown with the drawn algorithm
+    (algorithm.png), the nodes with their Algo tags (earlier Algo tags replaced) and the discovery's numbers."""
+    result = iv.discover(run.model, run.task, run.nodes, n_pairs=run.settings["pairs"], seed=run.seed,
+                         progress=run.progress)
+    tags = iv.algo_tags(result)
+    nodes = {nd: [t for t in old if not t.startswith("Algo")] + tags.get(nd, []) for nd, old in run.nodes.items()}
+    draw_algorithm(result, run.cfg, os.path.join(run.out, "algorithm.png"))
+    return iv.discovery_markdown(result, run.cfg, figure="algorithm.png"), nodes, result
+
+# --- end of discovery's block ---
 
 # ----------------------------------------------------------------------------- neurons
 

@@ -6,6 +6,8 @@ layout of the algorithm figure of "Understanding Addition in Transformers", draw
 
     python analyse.py checkpoints/add_d5_l2_h3_t6K_s1.pt --only nodes algorithm   # writes algorithm.png
 """
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -30,7 +32,15 @@ def _purposes(e):
     for c in e["weak"]:
         d, t = c.split(".", 1)
         per.setdefault(d, []).append(t + "?")
-    return [f"{d}: " + " ".join(dict.fromkeys(ts)) for d, ts in per.items()]
+    out = []
+    for d, ts in per.items():
+        ts = list(dict.fromkeys(ts))
+        cols = [t for t in ts if "(D" in t and "+" not in t and "?" not in t]  # 'ST(D2)': one cascade column
+        if len(cols) > 1:  # 'ST(D3)', 'ST(D2)' -> 'ST(D3,2)'
+            merged = cols[0].split("(")[0] + "(D" + ",".join(c.split("(D")[1][:-1] for c in cols) + ")"
+            ts = [merged if t == cols[0] else t for t in ts if t not in cols[1:]]
+        out.append(f"{d}: " + " ".join(ts))
+    return out
 
 
 def draw_algorithm(result, cfg, path, task=None, dpi=130):
@@ -56,7 +66,10 @@ def draw_algorithm(result, cfg, path, task=None, dpi=130):
         ax.add_patch(FancyBboxPatch((x + 0.04, y + 0.01), w - 0.08, h - 0.02, boxstyle="round,pad=0,rounding_size=0.02",
                                     fc=COLOURS[e["category"]], ec="grey", lw=0.6))
         reads = " ".join(names[p] for p, pct in e["attends"] if pct >= 20 and p < len(names))
-        text = [nd.component + (f"  reads {reads}" if reads else "")] + _purposes(e)[:2]
+        text = [nd.component + (f"  reads {reads}" if reads else "")]
+        text += [w for line in _purposes(e) for w in textwrap.wrap(line, 30, subsequent_indent="  ")]
+        if len(text) > 5:
+            text = text[:4] + ["  ..."]
         ax.text(x + 0.08, y + h - 0.03, "\n".join(text), fontsize=5.2, va="top", ha="left", family="monospace")
     for name, e in nodes.items():
         nd = Node.parse(name)

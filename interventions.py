@@ -174,6 +174,21 @@ def run_tests(model, claim, sets, threshold, screen=SCREEN):
 # ----------------------------------------------------------------------------- discovery
 
 
+def search_claim(model, task, k, candidates, n_pairs=100, seed=0, threshold=THRESHOLD, column=None):
+    """The search discover runs, for one claim: every candidate Node alone, then (if none passes) pairs at
+    one position of the nodes that move digit k. Returns [(node set, test result)], strong ones first."""
+    claim = Claim(model, task, k, n_pairs, torch.Generator().manual_seed(seed), column)
+    sets = [[nd] for nd in candidates if nd.position <= claim.position]
+    found = list(zip(sets, run_tests(model, claim, sets, threshold)))
+    if not any(r["verdict"] == "strong" for _, r in found):
+        movers = [s[0] for s, r in found if r["moved"] * 4 >= r["pairs"]]
+        pairs = [list(p) for p in itertools.combinations(movers, 2) if p[0].position == p[1].position]
+        found += list(zip(pairs, run_tests(model, claim, pairs, threshold)))
+    return sorted(found, key=lambda f: (f[1]["verdict"] != "strong", -f[1]["strong"] / max(1, f[1]["pairs"])))
+
+
+
+
 def families_of(task):
     """The sub-task families searched for a model's task (framework.FAMILIES)."""
     return {"add": ["add"], "sub": ["sub", "neg", "sign"], "mix": ["add", "sub", "neg", "sign", "operator"]}[task]
@@ -299,6 +314,7 @@ def _node_purposes(result, tags):
                 partner = next(x for x in t["nodes"] if x != name)
                 e["pairs"].append([t["claim"], partner, kinds[(tuple(t["nodes"]), t["claim"])]])
     for e in out.values():
+        e["weak"] = list(dict.fromkeys(e["weak"]))
         e["category"] = ("specific" if "specific" in e["kinds"].values() else "combiner" if e["strong"]
                          else "pair" if e["pairs"] else "weak" if e["weak"] else "none")
     return out
@@ -363,9 +379,9 @@ def _names(sets, kinds=None):
     return " or ".join(" + ".join(s) + (f" ({kinds[tuple(s)]})" if kinds else "") for s in sets) or "-"
 
 
-def discovery_markdown(result, cfg) -> str:
-    """The discovery as markdown: definitions, shares, controls, a table per answer digit, the nodes left
-    without a purpose. `cfg` is the model's Config (for the positions)."""
+def discovery_markdown(result, cfg, figure=None) -> str:
+    """The discovery as markdown: definitions, shares, controls, the drawn algorithm (the PNG `figure`, if
+    given), a table per answer digit, the nodes left without a purpose. `cfg` is the model's Config."""
     tau, sh, ctl = 100 * result["threshold"], result["shares"], result["controls"]
     lines = ["## The algorithm, verified by interventions", "",
              f"Purpose found for **{sh['heads']['strong']} of {sh['heads']['useful']} useful heads "
@@ -374,7 +390,7 @@ def discovery_markdown(result, cfg) -> str:
              f"(the successor library's search reached {SUCCESSOR['heads']}% of heads and {SUCCESSOR['MLPs']}% of "
              f"MLPs on its mixed model). {len(result['tests'])} tests on {sum(c['tested'] for c in result['claims'])} "
              f"claims in {result['seconds']:.0f} s ({result['cpu_seconds']:.0f} s CPU).", "",
-             DEFINITIONS.format(tau=tau), "",
+             DEFINITIONS.format(tau=tau), ""] + ([f"![the verified algorithm]({figure})", ""] if figure else []) + [
              "| useful nodes | count | strong purpose (alone or in a pair) | specific alone | combiner alone | "
              "only in a pair | weak only | none |", "|---|---|---|---|---|---|---|---|"]
     for kind, s in sh.items():

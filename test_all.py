@@ -798,7 +798,7 @@ def test_node_names_sites_and_node_list_layouts():
 
 def test_analysis_finds_the_same_nodes_and_algorithm_on_the_tiny_adder():
     """The analysis of the shipped tiny adder must find exactly what it found when the fixture was written:
-    the same useful nodes and tags (nodes.json) and the same verified claims (algorithm.json's rows)."""
+    the same useful nodes and tags (nodes.json) and the same intervention tests (algorithm.json's tests)."""
     import json
     import report
     with open(os.path.join(HERE, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0_analysis.json")) as f:
@@ -809,11 +809,97 @@ def test_analysis_finds_the_same_nodes_and_algorithm_on_the_tiny_adder():
         with open(os.path.join(out, "nodes.json")) as f:
             assert json.load(f) == expected["nodes"]
         with open(os.path.join(out, "algorithm.json")) as f:
-            assert json.load(f)["rows"] == expected["algorithm_rows"]
+            assert json.load(f)["tests"] == expected["algorithm_tests"]
         with open(os.path.join(out, "positions.json")) as f:
             positions = json.load(f)
         useful = {nd["position"] for nd in expected["nodes"]}
         assert set(positions["useful"]) == useful and len(positions["positions"]) == 3 * 3 + 4
+
+
+# ============================================================================= discovery: node-centric interventions
+
+
+def _d5_adder():
+    from model import load_model
+    return load_model(os.path.join(HERE, "checkpoints", "add_d5_l2_h3_t6K_s1.pt"))[0].eval()
+
+
+def test_discovery_planted_wrong_claim_fails_and_a_true_one_passes():
+    import interventions as iv
+    from analyse import Node
+    model = _d5_adder()
+    claim = iv.Claim(model, "SC", 5, 100, torch.Generator().manual_seed(0))  # the carry into A5
+    assert len(claim) >= 90
+    # P17 predicts A0 and comes after the position predicting A5: it cannot touch A5's carry
+    wrong, right = [Node(17, 1, None)], [Node(12, 1, None)]
+    r_wrong, r_right = iv.run_tests(model, claim, [wrong, right], iv.THRESHOLD)
+    assert r_wrong["verdict"] == "none" and r_wrong["strong"] == 0 and r_wrong["pairs"] == iv.SCREEN
+    assert r_right["verdict"] == "strong" and r_right["pairs"] == len(claim)
+    # the decoy control can fail: a decoy that carried the sub-task (the store itself) rejects the claim
+    claim.decoy = claim.store
+    assert iv.run_tests(model, claim, [right], iv.THRESHOLD)[0]["verdict"] == "decoy"
+
+
+def test_discovery_controls_catch_a_node_that_cannot_matter():
+    import json
+    import interventions as iv
+    from analyse import Node, read_nodes
+    model = load_model(TINY_ADD3)[0].eval()
+    with tempfile.TemporaryDirectory() as out:
+        path = os.path.join(out, "nodes.json")
+        with open(path, "w") as f:
+            json.dump(json.load(open(os.path.join(HERE, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0_analysis.json")))["nodes"], f)
+        nodes = read_nodes(path, model.cfg)
+    planted = Node(0, 0, 0)  # position 0 sees only the top digit D2: it can carry no sub-task
+    nodes[planted] = []
+    result = iv.discover(model, "add", nodes, n_pairs=100, seed=0, progress=False)
+    assert result["nodes"][planted.name]["category"] == "none"
+    assert not any(t["verdict"] in ("strong", "weak") for t in result["tests"] if planted.name in t["nodes"])
+    ctl = result["controls"]
+    assert ctl["unused"]["tests"] > 0 and ctl["unused"]["rate"] <= 2 and ctl["decoy"]["rate"] <= 2
+    assert result["shares"]["MLPs"]["strong"] > 0  # the test can pass too
+    json.dumps(result)  # JSON-able
+
+
+def test_discovery_specific_and_combiner_split_on_a_constructed_case():
+    import interventions as iv
+    from analyse import Node
+    claims = [{"claim": f"A{k}.{t}", "digit": k, "subtask": t, "column": None, "family": "add", "tested": True}
+              for k, ts in ((2, ("SA", "SC", "SS", "ST")), (0, ("SA",))) for t in ts]
+    test = lambda claim, nodes, verdict: {"claim": claim, "nodes": nodes, "verdict": verdict,  # noqa: E731
+                                          "kind": "pair" if len(nodes) > 1 else "useful"}
+    tests = [test("A2.SA", ["P15.L0.H1"], "strong")]                                    # SA only: specific
+    tests += [test(f"A2.{t}", ["P15.L1.MLP"], "strong") for t in ("SA", "SC", "SS", "ST")]  # all four: combiner
+    tests += [test("A0.SA", ["P17.L0.MLP"], "strong"),                                   # A0's only sub-task
+              test("A2.SC", ["P15.L0.H0", "P15.L0.H2"], "strong"),                       # only together
+              test("A2.SS", ["P15.L1.H0"], "weak"), test("A2.ST", ["P15.L1.H1"], "none")]
+    names = ["P15.L0.H1", "P15.L1.MLP", "P17.L0.MLP", "P15.L0.H0", "P15.L0.H2", "P15.L1.H0", "P15.L1.H1"]
+    result = {"claims": claims, "tests": tests}
+    nodes = iv._node_purposes(result, {Node.parse(x): [] for x in names})
+    assert [nodes[x]["category"] for x in names] == ["specific", "combiner", "combiner", "pair", "pair", "weak", "none"]
+    shares = iv._shares(nodes)
+    assert (shares["heads"]["useful"], shares["heads"]["strong"], shares["heads"]["specific"]) == (5, 3, 1)
+    assert (shares["MLPs"]["strong"], shares["MLPs"]["combiner"]) == (2, 2)
+    assert iv.algo_tags({"nodes": nodes})[Node.parse("P15.L0.H0")] == ["Algo.A2.SC+P15L0H2"]
+
+
+def test_discovery_pairs_and_decoys_for_every_subtask():
+    import framework
+    n, gen = 4, torch.Generator().manual_seed(0)
+    for t, k, j in __import__("interventions").claims_of("mix", n):
+        store, alter, want, chain = framework.make_pairs(t, k, n, 40, gen, column=j, chain=True)
+        assert len(store) == 40, (t, k, j)
+        truth = alter[:, data.answer_slice(n)]
+        assert ((want != truth).sum(1) == 1).all() and ((chain != truth).sum(1) >= 1).all(), (t, k, j)
+        decoy = framework.make_decoys(t, k, n, alter, gen, j)
+        assert torch.equal(decoy[:, n], alter[:, n]) and not torch.equal(decoy, alter), (t, k, j)
+        if t == "OPR":
+            assert (store[:, n] != alter[:, n]).all()
+        elif t != "SGN":  # the decoy keeps exactly the digits the sub-task reads
+            cols = framework._cols(t, k, n, j)
+            for c in cols:
+                for base in (0, n + 1):
+                    assert torch.equal(decoy[:, base + n - 1 - c], alter[:, base + n - 1 - c])
 
 
 # ============================================================================= runner
