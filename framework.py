@@ -245,8 +245,8 @@ def cascade_columns(task: str, k: int):
 
 def subtask_digits(task: str, n: int):
     """The answer digits k a sub-task can be tested on (the sign is digit n+1)."""
-    if task == "SGN":
-        return [n + 1]
+    if task == "SGN":  # the sign token, and each digit below A_n (A_n of a difference is always 0)
+        return [n + 1] + list(range(n))
     if task == "OPR":
         return list(range(n + 2))
     first = {"SA": 0, "SC": 1, "SS": 2, "ST": 2, "D": 0, "B": 1, "Z": 2, "T": 2}[task if task in ADD_TASKS else task[1]]
@@ -270,10 +270,13 @@ def make_pairs(task: str, k: int, n: int, count: int, gen: torch.Generator, trie
     Returns (store tokens, alter tokens, expected answer tokens), each (count', ...), count' <= count
     (fewer only when such pairs are rare). The store is the alter with the sub-task's columns re-drawn
     (with `column` j, a cascade sub-task's column j only), every other digit of the alter random. The
-    expected answer is the alter's with digit k replaced by the framework's prediction; for 'SGN' only the
-    sign flips; for 'OPR' (the store has the other operator) answer token k becomes the store's.
-    With `chain`, a fourth tensor: the expected answer if the node passes column j's state to every digit
-    it reaches (digits j+1..k become the store's; without `column`, the same as the third)."""
+    expected answer is the alter's with digit k replaced by the framework's prediction; for 'SGN' the sign
+    flips (k = n+1) or A_k is computed on the other path (ND instead of MD, or MD instead of ND) from the
+    alter's digits; for 'OPR' (the store has the other operator) answer token k becomes the store's.
+    With `chain`, a fourth tensor, the other answer the claim accepts: with `column`, the node passes
+    column j's state to every digit it reaches (digits j+1..k become the store's); for 'OPR', digit k is
+    computed with the other operator on the alter's sign (MD of an add alter even when D < D', SA of a
+    subtract alter); otherwise the same as the third."""
     op = "add" if task in ADD_TASKS else "sub"
     stores, alters, expects, chains, have = [], [], [], [], 0
     for _ in range(tries):
@@ -291,6 +294,9 @@ def make_pairs(task: str, k: int, n: int, count: int, gen: torch.Generator, trie
             rows = torch.arange(len(xa))
             xs[rows, top], ys[rows, top] = ya[rows, top], xa[rows, top]
             keep, exp = (xa != ya).any(1), None
+            if k <= n:  # the sign as digit k uses it: A_k from the other path (ND if D >= D', MD if not)
+                m, neg = sub_subtasks(xa, ya, "M"), sub_subtasks(ya, xa, "N")
+                exp = torch.where(m["borrow"][:, n].bool(), m["digits"][:, k], neg["digits"][:, k])
         else:
             cols = _cols(task, k, n, column)
             xr, yr = _draw(len(xa), n, op, gen)
@@ -307,6 +313,11 @@ def make_pairs(task: str, k: int, n: int, count: int, gen: torch.Generator, trie
         every = want.clone()
         if column is not None:  # answer tokens of digits column+1..k
             every[:, col:n + 1 - column] = store[:, data.answer_slice(n)][:, col:n + 1 - column]
+        if task == "OPR" and k <= n:  # the other operator on the alter's sign: an add alter's digit from MD
+            other = torch.where(is_sub, add_subtasks(xa, ya)["digits"][:, k], sub_subtasks(xa, ya)["digits"][:, k])
+            every[:, col] = other
+        truth = alter[:, data.answer_slice(n)]
+        every = torch.where((every != truth).any(1, keepdim=True), every, want)  # an alternative must predict a change
         stores.append(store[keep]), alters.append(alter[keep]), expects.append(want[keep]), chains.append(every[keep])
         have += int(keep.sum())
     out = [torch.cat(t)[:count] for t in (stores, alters, expects, chains)]

@@ -366,10 +366,10 @@ DEFINITIONS = (
     "TriCase states: 8 no carry, 9 passes one on, 10 makes one); **ST(Dj)** the TriCase state of column j alone, "
     "passed up through sum-9 columns. For subtraction with D >= D' the same are **MD** difference, **MB** borrow, "
     "**MZ** equal digits, **MT** borrow cascade; for negative answers **ND, NB, NZ, NT** on D' - D; **SGN** is the "
-    "answer's sign and **OPR** the operator. A test is *strong* when the patched answer equals the framework's "
+    "answer's sign (for a digit: whether it is computed as MD or as ND) and **OPR** the operator. A test is *strong* when the patched answer equals the framework's "
     "prediction exactly (the alter's answer with A_k recomputed from the store's sub-task) on at least {tau:.0f}% "
     "of the pairs, *weak* when A_k becomes the predicted digit that often but other answer digits move too (for "
-    "ST(Dj) the prediction may also change every digit the cascade reaches). A node's purpose is *specific* when "
+    "ST(Dj) the prediction may also change every digit the cascade reaches; for OPR, A_k may follow the other operator with the store's sign or with the alter's). A node's purpose is *specific* when "
     "it carries some of its digit's sub-tasks (SA, SC, SS, ST or the M/N ones) and fails the others, a "
     "*combiner* when it carries all of them. Alternatives are written with *or*: each node passes on its own.")
 
