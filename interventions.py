@@ -134,12 +134,14 @@ class Claim:
 
     def measure(self, model, sets, rows, decoy=False):
         """Counts over the pairs `rows` (a slice) for each node set: (S, 3) int tensor of
-        [exact answers, digit k as predicted, digit k moved from the alter's]."""
+        [exact answers, digit k as predicted, digit k moved from the alter's] (either prediction)."""
         store = (self.decoy if decoy else self.store)[rows]
         pred = intervene(model, store, self.alter[rows], sets)                       # (S, b, n+2)
         exp, truth, c = self.expected[rows], self.truth[rows], self.col
-        exact = (pred == exp).all(2) | (pred == self.chain[rows]).all(2)                # (S, b)
-        return torch.stack([exact.sum(1), (pred[:, :, c] == exp[None, :, c]).sum(1),
+        alt = self.chain[rows]
+        exact = (pred == exp).all(2) | (pred == alt).all(2)                              # (S, b)
+        digit = (pred[:, :, c] == exp[None, :, c]) | (pred[:, :, c] == alt[None, :, c])
+        return torch.stack([exact.sum(1), digit.sum(1),
                             (pred[:, :, c] != truth[None, :, c]).sum(1)], 1)
 
 
