@@ -28,7 +28,7 @@ def _purposes(e):
         per.setdefault(d, []).append(t)
     for c, partner, _ in e["pairs"]:
         d, t = c.split(".", 1)
-        per.setdefault(d, []).append(f"{t}+{Node.parse(partner).component[2:]}")
+        per.setdefault(d, []).append(f"{t}+{Node.parse(partner).component}")
     for c in e["weak"]:
         d, t = c.split(".", 1)
         per.setdefault(d, []).append(t + "?")
