@@ -111,7 +111,8 @@ COLOURS = ["tab:red", "tab:green", "tab:blue"]  # the three classes of a PCA pan
 
 
 def plot_pca(panels, cols=4):
-    """panels: dicts {proj (N, 2), labels (N,), classes [3 names], title}. One scatter each."""
+    """panels: dicts {proj (N, 2), labels (N,) in 0..2, classes [3 names], evr [2 shares of variance], title}.
+    One scatter each, PC1 against PC2, the axes labelled with the share of variance each explains."""
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
@@ -121,7 +122,9 @@ def plot_pca(panels, cols=4):
             pts = pnl["proj"][pnl["labels"] == c]
             ax.scatter(pts[:, 0], pts[:, 1], s=6, c=COLOURS[c], label=pnl["classes"][c])
         ax.set_title(pnl["title"], fontsize=8)
-        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlabel(f"PC1 ({100 * pnl['evr'][0]:.0f}% of variance)", fontsize=7)
+        ax.set_ylabel(f"PC2 ({100 * pnl['evr'][1]:.0f}%)", fontsize=7)
+        ax.tick_params(labelsize=6)
     axes.flat[0].legend(fontsize=6, loc="best")
     fig.tight_layout()
     return fig

@@ -325,7 +325,9 @@ def write_report(run):
                                   f"{info.get('final_loss', float('nan')):.2e}"])
     about.append(["analysis", f"{len(run.tokens):,} varied questions (seed {run.seed}), {run.kind}-ablation"])
     n = run.n
-    intro = (f"Questions are written `{'D' * n}{'+'}{'D' * n}=±{'A' * (n + 1)}`: position p holds the token named "
+    forms = " or ".join(f"`{'D' * n}{op}{'D' * n}=±{'A' * (n + 1)}`" for op in
+                        {"add": "+", "sub": "-"}.get(run.task, "+-"))
+    intro = (f"Questions are written {forms}: position p holds the token named "
              f"below and its logits predict the token at p+1, so the answer is read at positions "
              f"{data.logit_slice(n).start}..{data.logit_slice(n).stop - 1} (`=` predicts the sign). A node is a "
              f"head or an MLP at one position, written `P<position>.L<layer>.H<head>` or `P<position>.L<layer>.MLP`.")

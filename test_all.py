@@ -816,6 +816,32 @@ def test_analysis_finds_the_same_nodes_and_algorithm_on_the_tiny_adder():
         assert set(positions["useful"]) == useful and len(positions["positions"]) == 3 * 3 + 4
 
 
+def test_pca_labels_need_separated_classes_not_the_answer_sign():
+    import algorithm
+    from analyse import lda_accuracy
+    g = torch.Generator().manual_seed(0)
+    # three parallel, elongated, tilted clusters: a linear discriminant separates them, nearest centroid cannot
+    labels = torch.arange(3).repeat_interleave(200)
+    along = 10 * torch.randn(600, generator=g)
+    Z = torch.stack([0.5 * labels + along, along], 1) + 0.05 * torch.randn(600, 2, generator=g)
+    centroids = torch.stack([Z[labels == c].mean(0) for c in range(3)])
+    nearest = (torch.cdist(Z, centroids).argmin(1) == labels).float().mean()
+    assert lda_accuracy(Z, labels) > 0.95 and nearest < 0.8, (lda_accuracy(Z, labels), nearest)
+    # tri-case questions of a subtraction's units column: a "head" that carries only the answer's sign is not
+    # tri-state (nor bi-state), while one that carries the column's class is
+    n = 3
+    tokens, labels = algorithm.tricase_questions("sub", n, 0, 100, g)
+    a, b, _, _ = data.parse_questions(tokens, n)
+    assert torch.equal(labels, (a % 10 >= b % 10).long() + (a % 10 > b % 10).long())  # the class is column 0's
+    assert len(set((a // 10).tolist())) > 50  # the other digits vary
+    sign = (tokens[:, data.answer_slice(n).start] == data.MINUS).float()[:, None]          # (N, 1)
+    noise = 0.01 * torch.randn(len(tokens), 16, generator=g)
+    only_sign = torch.cat([sign, 1 - sign], 1) @ torch.randn(2, 16, generator=g) + noise  # (N, 16)
+    assert algorithm.tricase_label(only_sign, labels)[0] == "none"
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    assert algorithm.tricase_label(one_hot @ torch.randn(3, 16, generator=g) + noise, labels)[0] == "tri"
+
+
 # ============================================================================= runner
 
 
