@@ -56,17 +56,18 @@ def answer_labels(n_digits):
     return [str(n_digits + 1 - i) for i in range(n_digits + 2)]
 
 
-def impact_value(digits):
+def impact_value(digits, n_digits):
     """Answer digits -> an Impact tag's value, high digit first: [5, 4, 3] -> 'A543' (the reference's
-    form); once a digit has two figures (10+ digit models) the digits are comma-separated: 'A11,10,9'."""
+    form). When a label can have two figures (the sign of a 9-digit model is digit 10) the digits are
+    comma-separated, 'A10,9,0', so 'A10' is digit ten alone and never digits one and zero."""
     digits = sorted(digits, reverse=True)
-    return "A" + ("," if any(d > 9 for d in digits) else "").join(map(str, digits))
+    return "A" + ("," if n_digits + 1 > 9 else "").join(map(str, digits))
 
 
-def impact_digits(value):
-    """An Impact tag's value -> its answer digits: 'A543' -> [5, 4, 3], 'A11,10' -> [11, 10], 'A' -> []."""
+def impact_digits(value, n_digits):
+    """An Impact tag's value -> its answer digits: 'A543' -> [5, 4, 3]; 'A10,9' -> [10, 9] (9+ digits)."""
     body = value[1:]
-    return [int(d) for d in (body.split(",") if "," in body else body)]
+    return [int(d) for d in (body.split(",") if n_digits + 1 > 9 else body) if d != ""]
 
 
 class Node(NamedTuple):
@@ -338,7 +339,7 @@ def node_tags(broken, wrong, classes, n_digits):
     FailPerc.<truncated %>, Impact.A<answer digits broken, high to low>, <Add|Sub|Neg>.<class> per class."""
     tags = [f"FailPerc.{100 * int(broken.sum()) // len(broken)}"]
     hit = wrong[broken].any(0)  # (n+2,)
-    tags.append("Impact." + impact_value([int(a) for a, h in zip(answer_labels(n_digits), hit.tolist()) if h]))
+    tags.append("Impact." + impact_value([int(a) for a, h in zip(answer_labels(n_digits), hit.tolist()) if h], n_digits))
     for c in sorted(set(classes[broken].tolist())):
         name = data.COMPLEXITY[c]
         tags.append(f"{MAJOR[name[0]]}.{name}")

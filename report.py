@@ -270,7 +270,7 @@ def step_nodes(run):
                  if top else "Each breaks fewer than 1% of the questions. ")
         single = {}
         for nd, tags in nodes.items():
-            impact = impact_digits(tag_values(tags, "Impact")[0])
+            impact = impact_digits(tag_values(tags, "Impact")[0], run.n)
             if len(impact) == 1:
                 single.setdefault(impact[0], []).append(nd.name)
         if single:

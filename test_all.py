@@ -393,8 +393,8 @@ def test_analyse_useful_nodes_tags_and_nodes_json_round_trip():
         assert analyse.read_nodes(path, cfg) == nodes and list(analyse.read_nodes(path, cfg)) == list(nodes)
     names = analyse.position_names(2, "add")
     for kind in ("fail", "attention", "impact", "Add"):
-        assert plots.map_cells(nodes, names, kind)
-    assert plots.impact_text({0, 1, 2, 5}) == "A0..2,5" and plots.impact_text({4, 5}) == "A45"
+        assert plots.map_cells(nodes, names, kind, 2)
+    assert plots.impact_text({0, 1, 2, 5}, 5) == "A0..2,5" and plots.impact_text({4, 5}, 5) == "A45"
 
 
 def test_analyse_every_plot_returns_a_figure():
@@ -420,7 +420,16 @@ def test_analyse_cli_writes_report_and_nodes():
         assert report.main([path, "--out", out, "--questions", "64", "--no-progress", "--only", "accuracy",
                              "attention", "positions", "nodes", "maps"]) == 0
         files = set(os.listdir(out))
-        assert {"report.md", "nodes.json", "map_fail.png", "map_impact.png", "positions.png", "attention_mean.png"} <= files
+        assert {"report.md", "nodes.json", "map_fail.png", "map_impact.png", "positions.png", "attention_mean.png",
+                "accuracy.json", "attention.json", "positions.json", "maps.json"} <= files
+        import json
+        with open(os.path.join(out, "accuracy.json")) as f:
+            accuracy = json.load(f)
+        assert sum(r["questions"] for r in accuracy["sets"]) > 0 and {"class", "correct"} <= set(accuracy["classes"][0])
+        with open(os.path.join(out, "maps.json")) as f:
+            maps = json.load(f)
+        with open(os.path.join(out, "nodes.json")) as f:
+            assert len(maps["fail"]) == len(json.load(f))  # one failure-map cell per useful node
         text = open(os.path.join(out, "report.md")).read()
         assert all(f"![{f}]({f})" in text for f in files if f.endswith(".png"))
         assert "## Useful nodes" in text and "## Quanta maps" in text
@@ -840,6 +849,17 @@ def test_pca_labels_need_separated_classes_not_the_answer_sign():
     assert algorithm.tricase_label(only_sign, labels)[0] == "none"
     one_hot = torch.nn.functional.one_hot(labels, 3).float()
     assert algorithm.tricase_label(one_hot @ torch.randn(3, 16, generator=g) + noise, labels)[0] == "tri"
+
+
+def test_impact_strings_stay_unambiguous_at_ten_digits():
+    from analyse import impact_digits, impact_value
+    from plots import impact_text
+    assert impact_value([3, 5, 4], 5) == "A543" and impact_digits("A543", 5) == [5, 4, 3]  # the reference's form
+    for digits in ([11, 10, 1, 0], [10], [1, 0], []):  # a 10-digit model: the sign is digit 11
+        assert impact_digits(impact_value(digits, 10), 10) == digits, digits
+    assert impact_value([10], 9) == "A10" and impact_value([1, 0], 9) == "A1,0" and impact_digits("A", 5) == []
+    assert impact_text({9, 10}, 9) == "A9,10" and impact_text({1, 0}, 9) == "A0,1" and impact_text({0, 1}, 5) == "A01"
+    assert impact_text({0, 1, 2, 11}, 10) == "A0..2,11"
 
 
 # ============================================================================= runner
