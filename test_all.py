@@ -862,6 +862,39 @@ def test_impact_strings_stay_unambiguous_at_ten_digits():
     assert impact_text({0, 1, 2, 11}, 10) == "A0..2,11"
 
 
+def test_project_imports_have_no_cycle():
+    """Imports follow the data (model/data -> train -> analyse -> the steps -> reuse): the graph of the
+    project's modules, every import statement counted except those under `if __name__ == "__main__":`,
+    has no cycle."""
+    import ast
+    import glob
+    modules = {os.path.basename(p)[:-3]: p for p in glob.glob(os.path.join(HERE, "*.py"))
+               if not p.endswith("test_all.py")}
+    graph = {}
+    for name, path in modules.items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        main_guard = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+        skip = {id(n) for g in main_guard for n in ast.walk(g)}
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module.split(".")[0])
+        graph[name] = found & set(modules)
+
+    def visit(name, path):
+        assert name not in path, "import cycle: " + " -> ".join(path + [name])
+        for other in graph[name]:
+            visit(other, path + [name])
+    for name in graph:
+        visit(name, [])
+    assert "report" in graph["algorithm"] or "analyse" in graph["report"]  # the graph was really read
+
+
 # ============================================================================= runner
 
 
