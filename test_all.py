@@ -328,7 +328,7 @@ def test_cli_trains_and_verifies_a_checkpoint():
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--verify", "all", "--no-progress")
         assert "add all" in out and code in (0, 1)
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--task", "sub")
-        assert code != 0 and "is a add model" in err
+        assert code != 0 and "is an add model" in err
 
 # ============================================================================= analyse (issue 4)
 
