@@ -895,6 +895,32 @@ def test_project_imports_have_no_cycle():
     assert "report" in graph["algorithm"] or "analyse" in graph["report"]  # the graph was really read
 
 
+def test_node_usage_command_on_a_checkpoint():
+    import contextlib
+    import io
+    import re
+    import reuse_nodes
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert reuse_nodes.main([TINY_ADD3, "--questions", "30", "--no-progress"]) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[1].startswith("(none)") and "acc 100.0% (" in lines[1], lines[1]
+    rows = {m[1]: m for m in (re.match(r"(\S+) +(\d+) \( *([\d.]+)%\) +(\S+)", line) for line in lines[2:])}
+    assert sorted(rows) == ["L0H0", "L0H1", "L0H2", "L0MLP", "L1H0", "L1H1", "L1H2", "L1MLP"]
+    assert all(m[4] in ("add", "unused") and (m[4] == "add") == (int(m[2]) > 0) for m in rows.values())
+    total = int(re.search(r"\((\d+)\)", lines[1])[1])  # correct answers: the count beside each share
+    assert all(abs(100 * int(m[2]) / total - float(m[3])) < 0.06 for m in rows.values())
+    assert rows["L0MLP"][4] == "add"
+    for args in ([TINY_ADD3, "--layers", "2"], [TINY_ADD3, "--questions", "0"], [os.path.join(HERE, "missing.pt")]):
+        msg = cli_error(reuse_nodes.main, args)
+        assert msg.startswith("reuse_nodes.py: error:") and len(msg.splitlines()) == 1, (args, msg)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as help_text:
+            reuse_nodes.main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0 and "--min-correct" in help_text.getvalue()
+
+
 # ============================================================================= runner
 
 
