@@ -1,7 +1,7 @@
 """
 Interchange interventions and the automatic search for which node computes which sub-task.
 
-    python algorithm.py CHECKPOINT --only algorithm          # prints and saves the verified table
+    python analyse.py CHECKPOINT --only algorithm            # prints the verified table, saves algorithm.json
 
 An intervention runs a *store* question, copies chosen nodes' activations (a head's hook_z[:, P, h] or
 an MLP's hook_post[:, P]) into the run of an *alter* question, and reads the model's answer. A claim
