@@ -146,6 +146,7 @@ def plot_neurons(acts, views, titles):
     fig.tight_layout()
     return fig
 
+# ----------------------------------------------------------------------------- quanta maps
 
 
 def fail_perc(tags):
@@ -157,8 +158,6 @@ def join(words):
     """['a', 'b', 'c'] -> 'a, b and c'."""
     words = list(words)
     return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
-
-# ----------------------------------------------------------------------------- quanta maps
 
 
 def impact_text(digits, n_digits):

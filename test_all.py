@@ -404,7 +404,10 @@ def test_analyse_every_plot_returns_a_figure():
                              ["D1", "A2"], plots.paled("winter", 10), "palette indices are clamped"),
             plots.quanta_map({}, ["L0H0"], ["D1"], plots.paled(plots.GREEN_YELLOW, 4), "empty"),
             plots.attention_grid(torch.rand(2, 3, 10, 10).tril(), [str(i) for i in range(10)], "attention"),
-            plots.position_bars([0, 50, 100], ["a", "b", "c"], "positions")]
+            plots.position_bars([0, 50, 100], ["a", "b", "c"], "positions"),
+            plots.plot_pca([{"proj": torch.randn(30, 2), "labels": torch.arange(3).repeat(10), "classes": ["a", "b", "c"],
+                             "evr": [0.5, 0.2], "title": "pca"}]),
+            plots.plot_neurons([torch.randn(20)], [(torch.arange(20), torch.arange(20) % 2, "D0 + D'0")], ["neuron"])]
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
     for f in figs:
         f.savefig(os.devnull, format="png")  # drawing must not fail either
