@@ -211,7 +211,7 @@ def step_attention(run):
         text += "No head steps through the operand digits one column per answer digit."
     head = ["head"] + [f"{names[q]} → {names[q + 1]}" for q in queries]
     md += [text, table(head, rows)]
-    found = {"positions": names, "questions": len(run.tokens), "mean_pattern": run.patterns.tolist(),
+    found = {"positions": names, "questions": len(run.tokens), "mean_pattern": ((run.patterns.double() * 1e4).round() / 1e4).tolist(),
              "focus": {r[0]: dict(zip(head[1:], r[1:])) for r in rows}, "staircase": stairs}
     return "\n\n".join(md), found
 
