@@ -22,7 +22,7 @@ import interventions as iv
 import plots
 import train
 from algorithm_figure import draw_algorithm
-from analyse import Node, centroid_accuracy, failures, pca, replace, sample_questions
+from analyse import Node, failures, lda_accuracy, pca, replace, sample_questions
 
 CLASSES = {"add": ["T8: sum 0-8", "T9: sum 9", "T10: sum 10-18"], "sub": ["D<D'", "D=D'", "D>D'"]}
 
@@ -30,34 +30,47 @@ CLASSES = {"add": ["T8: sum 0-8", "T9: sum 9", "T10: sum 10-18"], "sub": ["D<D'"
 
 
 def tricase_questions(op, n, t, per_class, gen):
-    """Questions whose column t is in each tri-case class (add: sums 0-8 / 9 / 10-18; sub: D_t < = >
-    D'_t), digits below t random, above t zero. Returns (tokens (3*per_class, P), labels (3*per_class,))."""
+    """`per_class` questions in each tri-case class of column t (add: D_t + D'_t in 0-8 / 9 / 10-18; sub:
+    D_t < = > D'_t), every other digit uniform random. Returns (tokens (3*per_class, P), labels (3*per_class,)).
+
+    The reference notebooks set the digits above t to zero; then, for a subtraction, the class of the top
+    non-zero column is the answer's sign, and a head that carries only the sign looks tri-state. With the
+    other digits random the sign is (nearly) independent of the class."""
     x, y = torch.randint(0, 10, (2, 40 * per_class), generator=gen)  # 40x: every class gets enough
     cls = (x + y >= 9).long() + (x + y >= 10).long() if op == "add" else (x >= y).long() + (x > y).long()
     pick = torch.cat([torch.nonzero(cls == c)[:per_class, 0] for c in range(3)])
-    low = 10 ** t
-    a = x[pick] * low + torch.randint(0, low, (len(pick),), generator=gen)
-    b = y[pick] * low + torch.randint(0, low, (len(pick),), generator=gen)
+    top = 10 ** n
+    a, b = torch.randint(0, top, (2, len(pick)), generator=gen)
+    a = a - (a // 10 ** t % 10) * 10 ** t + x[pick] * 10 ** t  # column t set to the class's digits
+    b = b - (b // 10 ** t % 10) * 10 ** t + y[pick] * 10 ** t
     return data.make_questions(a, b, op, n), cls[pick]
 
 
-def pca_scores(model, task, heads, per_class=100, seed=0, progress=True):
-    """For every head Node and digit t (and op, for mix): PCA of its hook_result on tri-case questions
-    and a label: tri-state (3 classes separate), bi-state (two of them merged separate from the third)
-    or none. Returns a list of dicts {node, op, digit, label, acc3, acc2, evr, proj, labels}, strongest first."""
-    n, gen, out = model.cfg.n_digits, torch.Generator().manual_seed(seed), []
+def tricase_label(X, labels, seed=0, k=2):
+    """PCA of one head's outputs X (N, C) on tri-case questions with class `labels` (N,), and a label:
+    'tri' when a cross-validated linear discriminant on the top k components separates the three classes
+    (accuracy >= 0.95), 'bi' when it separates two of them merged from the third, else 'none'.
+    Returns (label, 3-class accuracy, best 2-class accuracy, projections (N, k), explained variance (k,))."""
     merges = [torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1])]  # T8+T9 | T10 (carry), T8 | T9+T10
+    proj, _, evr = pca(X, k)
+    acc3 = lda_accuracy(proj, labels, seed=seed)
+    acc2 = max(lda_accuracy(proj, m[labels], seed=seed) for m in merges)
+    return "tri" if acc3 >= 0.95 else "bi" if acc2 >= 0.95 else "none", acc3, acc2, proj, evr
+
+
+def pca_scores(model, task, heads, per_class=100, seed=0, progress=True):
+    """For every head Node and digit t (and op, for mix): tricase_label of its hook_result (z @ W_O,
+    without b_O, as in the reference notebooks). Returns dicts {node, op, digit, label, acc3, acc2, evr,
+    proj, labels}, strongest first."""
+    n, gen, out = model.cfg.n_digits, torch.Generator().manual_seed(seed), []
     jobs = [(op, t) for op in train.ops_of(task) for t in range(n)]
     for op, t in tqdm(jobs, desc="pca", disable=not progress, mininterval=0.5):
         tokens, labels = tricase_questions(op, n, t, per_class, gen)
         with torch.inference_mode():
             _, cache = model.run_with_cache(tokens, names=lambda s: s.endswith("hook_result"))
         for node in heads:
-            X = cache[f"blocks.{node.layer}.attn.hook_result"][:, node.position, node.head]  # (N, C): z @ W_O
-            proj, _, evr = pca(X, 2)
-            acc3 = centroid_accuracy(proj, labels, seed=seed)
-            acc2 = max(centroid_accuracy(proj, m[labels], seed=seed) for m in merges)
-            label = "tri" if acc3 >= 0.95 else "bi" if acc2 >= 0.95 else "none"
+            X = cache[f"blocks.{node.layer}.attn.hook_result"][:, node.position, node.head]  # (N, C)
+            label, acc3, acc2, proj, evr = tricase_label(X, labels, seed)
             out.append({"node": node, "op": op, "digit": t, "label": label, "acc3": acc3,
                         "acc2": acc2, "evr": evr.tolist(), "proj": proj, "labels": labels})
     return sorted(out, key=lambda r: (-r["acc3"], -r["acc2"]))
@@ -70,15 +83,16 @@ def step_pca(run, grid=12):
     scores = pca_scores(run.model, run.task, heads, run.settings["pca_questions"], run.seed, run.progress)
     found = [s for s in scores if s["label"] != "none"]
     lines = ["## PCA of head outputs on tri-case questions", "",
-             f"{len(heads)} heads x {run.n} digits; a head/digit is *tri-state* when a "
-             "nearest-centroid classifier in the PC1-PC2 plane (5-fold cross-validated) separates the "
-             "three classes of column t with >= 95% accuracy, *bi-state* when two classes merged vs the third do.",
+             f"{len(heads)} heads x {run.n} digits, {run.settings['pca_questions']} questions per class, the "
+             "digits outside column t random. A head/digit is *tri-state* when a linear discriminant in the "
+             "PC1-PC2 plane (5-fold cross-validated) separates the three classes of column t with >= 95% "
+             "accuracy, *bi-state* when two classes merged vs the third do.",
              "", f"tri-state: {sum(s['label'] == 'tri' for s in scores)}, bi-state: "
              f"{sum(s['label'] == 'bi' for s in scores)}, none: {sum(s['label'] == 'none' for s in scores)}", ""]
     if found:
-        panels = [{"proj": s["proj"], "labels": s["labels"], "classes": CLASSES[s["op"]],
-                   "title": f"{'+' if s['op'] == 'add' else '-'} {s['node'].name} D{s['digit']} "
-                            f"EVR {100 * s['evr'][0]:.0f}% {s['label']}"} for s in found[:grid]]
+        panels = [{"proj": s["proj"], "labels": s["labels"], "classes": CLASSES[s["op"]], "evr": s["evr"],
+                   "title": f"{'+' if s['op'] == 'add' else '-'} {s['node'].name} D{s['digit']}: {s['label']}, "
+                            f"LDA {s['acc3']:.2f}"} for s in found[:grid]]
         lines += [plots.save(plots.plot_pca(panels), run.out, "pca_grid.png"), "",
                   "| node | op | column | state | acc 3 classes | acc 2 classes | EVR PC1 |",
                   "|---|---|---|---|---|---|---|"]

@@ -111,7 +111,8 @@ COLOURS = ["tab:red", "tab:green", "tab:blue"]  # the three classes of a PCA pan
 
 
 def plot_pca(panels, cols=4):
-    """panels: dicts {proj (N, 2), labels (N,), classes [3 names], title}. One scatter each."""
+    """panels: dicts {proj (N, 2), labels (N,) in 0..2, classes [3 names], evr [2 shares of variance], title}.
+    One scatter each, PC1 against PC2, the axes labelled with the share of variance each explains."""
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
@@ -121,7 +122,9 @@ def plot_pca(panels, cols=4):
             pts = pnl["proj"][pnl["labels"] == c]
             ax.scatter(pts[:, 0], pts[:, 1], s=6, c=COLOURS[c], label=pnl["classes"][c])
         ax.set_title(pnl["title"], fontsize=8)
-        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlabel(f"PC1 ({100 * pnl['evr'][0]:.0f}% of variance)", fontsize=7)
+        ax.set_ylabel(f"PC2 ({100 * pnl['evr'][1]:.0f}%)", fontsize=7)
+        ax.tick_params(labelsize=6)
     axes.flat[0].legend(fontsize=6, loc="best")
     fig.tight_layout()
     return fig
@@ -143,6 +146,7 @@ def plot_neurons(acts, views, titles):
     fig.tight_layout()
     return fig
 
+# ----------------------------------------------------------------------------- quanta maps
 
 
 def fail_perc(tags):
@@ -155,15 +159,13 @@ def join(words):
     words = list(words)
     return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
 
-# ----------------------------------------------------------------------------- quanta maps
 
-
-def impact_text(digits):
+def impact_text(digits, n_digits):
     """{0, 1, 2, 5} -> 'A0..2,5': runs of three or more digits are shortened, as in the reference
-    notebook's impact map; two neighbours are written together ('A45') unless a digit has two figures
-    ({9, 10} -> 'A9,10'), so the text stays unambiguous for 10-digit models."""
+    notebook's impact map; two neighbours are written together ('A45') unless a label can have two
+    figures (9+ digit models: 'A9,10'), as in analyse.impact_value."""
     digits, parts, i = sorted(digits), [], 0
-    glue = "," if digits and digits[-1] > 9 else ""
+    glue = "," if n_digits + 1 > 9 else ""
     while i < len(digits):
         j = i
         while j + 1 < len(digits) and digits[j + 1] == digits[j] + 1:
@@ -173,7 +175,7 @@ def impact_text(digits):
     return "A" + ",".join(parts)
 
 
-def map_cells(nodes, names, kind):
+def map_cells(nodes, names, kind, n_digits):
     """{(row, column): (text, colour index)} of one quanta map: kind is fail, attention, impact, Add, Sub or Neg."""
     cells = {}
     for nd, tags in nodes.items():
@@ -185,8 +187,8 @@ def map_cells(nodes, names, kind):
             attn = [(int(k), int(v)) for k, v in (a.split("=") for a in tag_values(tags, "Attn"))]
             text, index = " ".join(names[k] for k, _ in attn), 10 - sum(v for _, v in attn) // 10
         elif kind == "impact":
-            digits = impact_digits(tag_values(tags, "Impact")[0])
-            text, index = (impact_text(digits), min(digits)) if digits else (None, 0)
+            digits = impact_digits(tag_values(tags, "Impact")[0], n_digits)
+            text, index = (impact_text(digits, n_digits), min(digits)) if digits else (None, 0)
         elif kind in MAJOR.values() and tag_values(tags, kind):
             order = [c for c in data.COMPLEXITY if MAJOR[c[0]] == kind]
             text = min(tag_values(tags, kind), key=order.index)
@@ -213,7 +215,7 @@ def step_maps(run):
     maps.append(("impact", "answer digits impacted", paled(gy, run.n + 2)))
     md, found = ["## Quanta maps", _maps_text(run, nodes, names)], {}
     for kind, title, colors in maps:
-        cells = map_cells(nodes, names, kind)
+        cells = map_cells(nodes, names, kind, run.n)
         fig = quanta_map(cells, rows, cols, colors, f"{run.task}: {title} ({run.name})")
         md.append(save(fig, run.out, f"map_{kind.lower()}.png"))
         found[kind] = [dict(node=nd.name, row=nd.component, column=names[nd.position], text=cells[key][0],
@@ -227,7 +229,7 @@ def _maps_text(run, nodes, names):
             "token there; grey cells are nodes whose ablation breaks nothing. ")
     impacts = {}
     for nd, tags in nodes.items():
-        impacts.setdefault(nd.position, set()).update(impact_digits(tag_values(tags, "Impact")[0]))
+        impacts.setdefault(nd.position, set()).update(impact_digits(tag_values(tags, "Impact")[0], run.n))
     first, labels = data.logit_slice(run.n).start, answer_labels(run.n)
     answer = [p for p in sorted(impacts) if p >= first]
     on_time = [p for p in answer if impacts[p] == {int(labels[p - first])}]  # impacts only what it predicts
@@ -237,11 +239,11 @@ def _maps_text(run, nodes, names):
                  f"computed just in time, in the one position before it is written. ")
     elif answer:
         text += "Along the answer: " + "; ".join(f"the nodes at {names[p]} (predicting {names[p + 1]}) impact "
-                                                 f"{impact_text(impacts[p])}" for p in answer) + ". "
+                                                 f"{impact_text(impacts[p], run.n)}" for p in answer) + ". "
     early = [p for p in sorted(impacts) if p < first]
     if early:
         text += (f"The nodes at {join(names[p] for p in early)} work before the answer starts: they impact "
-                 f"{impact_text(set().union(*(impacts[p] for p in early)))}, so they prepare values that "
+                 f"{impact_text(set().union(*(impacts[p] for p in early)), run.n)}, so they prepare values that "
                  f"later positions use, such as a {'carry' if run.task == 'add' else 'carry or borrow'} that must be known before its "
                  f"digit is written. ")
     for major in [m for m in MAJOR.values() if any(tag_values(tags, m) for tags in nodes.values())]:

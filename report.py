@@ -211,7 +211,7 @@ def step_attention(run):
         text += "No head steps through the operand digits one column per answer digit."
     head = ["head"] + [f"{names[q]} → {names[q + 1]}" for q in queries]
     md += [text, table(head, rows)]
-    found = {"positions": names, "questions": len(run.tokens), "mean_pattern": run.patterns.tolist(),
+    found = {"positions": names, "questions": len(run.tokens), "mean_pattern": ((run.patterns.double() * 1e4).round() / 1e4).tolist(),
              "focus": {r[0]: dict(zip(head[1:], r[1:])) for r in rows}, "staircase": stairs}
     return "\n\n".join(md), found
 
@@ -270,7 +270,7 @@ def step_nodes(run):
                  if top else "Each breaks fewer than 1% of the questions. ")
         single = {}
         for nd, tags in nodes.items():
-            impact = impact_digits(tag_values(tags, "Impact")[0])
+            impact = impact_digits(tag_values(tags, "Impact")[0], run.n)
             if len(impact) == 1:
                 single.setdefault(impact[0], []).append(nd.name)
         if single:
@@ -325,7 +325,9 @@ def write_report(run):
                                   f"{info.get('final_loss', float('nan')):.2e}"])
     about.append(["analysis", f"{len(run.tokens):,} varied questions (seed {run.seed}), {run.kind}-ablation"])
     n = run.n
-    intro = (f"Questions are written `{'D' * n}{'+'}{'D' * n}=±{'A' * (n + 1)}`: position p holds the token named "
+    forms = " or ".join(f"`{'D' * n}{op}{'D' * n}=±{'A' * (n + 1)}`" for op in
+                        {"add": "+", "sub": "-"}.get(run.task, "+-"))
+    intro = (f"Questions are written {forms}: position p holds the token named "
              f"below and its logits predict the token at p+1, so the answer is read at positions "
              f"{data.logit_slice(n).start}..{data.logit_slice(n).stop - 1} (`=` predicts the sign). A node is a "
              f"head or an MLP at one position, written `P<position>.L<layer>.H<head>` or `P<position>.L<layer>.MLP`.")

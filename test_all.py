@@ -328,7 +328,7 @@ def test_cli_trains_and_verifies_a_checkpoint():
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--verify", "all", "--no-progress")
         assert "add all" in out and code in (0, 1)
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--task", "sub")
-        assert code != 0 and "is a add model" in err
+        assert code != 0 and "is an add model" in err
 
 # ============================================================================= analyse (issue 4)
 
@@ -393,8 +393,8 @@ def test_analyse_useful_nodes_tags_and_nodes_json_round_trip():
         assert analyse.read_nodes(path, cfg) == nodes and list(analyse.read_nodes(path, cfg)) == list(nodes)
     names = analyse.position_names(2, "add")
     for kind in ("fail", "attention", "impact", "Add"):
-        assert plots.map_cells(nodes, names, kind)
-    assert plots.impact_text({0, 1, 2, 5}) == "A0..2,5" and plots.impact_text({4, 5}) == "A45"
+        assert plots.map_cells(nodes, names, kind, 2)
+    assert plots.impact_text({0, 1, 2, 5}, 5) == "A0..2,5" and plots.impact_text({4, 5}, 5) == "A45"
 
 
 def test_analyse_every_plot_returns_a_figure():
@@ -404,7 +404,10 @@ def test_analyse_every_plot_returns_a_figure():
                              ["D1", "A2"], plots.paled("winter", 10), "palette indices are clamped"),
             plots.quanta_map({}, ["L0H0"], ["D1"], plots.paled(plots.GREEN_YELLOW, 4), "empty"),
             plots.attention_grid(torch.rand(2, 3, 10, 10).tril(), [str(i) for i in range(10)], "attention"),
-            plots.position_bars([0, 50, 100], ["a", "b", "c"], "positions")]
+            plots.position_bars([0, 50, 100], ["a", "b", "c"], "positions"),
+            plots.plot_pca([{"proj": torch.randn(30, 2), "labels": torch.arange(3).repeat(10), "classes": ["a", "b", "c"],
+                             "evr": [0.5, 0.2], "title": "pca"}]),
+            plots.plot_neurons([torch.randn(20)], [(torch.arange(20), torch.arange(20) % 2, "D0 + D'0")], ["neuron"])]
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
     for f in figs:
         f.savefig(os.devnull, format="png")  # drawing must not fail either
@@ -420,7 +423,16 @@ def test_analyse_cli_writes_report_and_nodes():
         assert report.main([path, "--out", out, "--questions", "64", "--no-progress", "--only", "accuracy",
                              "attention", "positions", "nodes", "maps"]) == 0
         files = set(os.listdir(out))
-        assert {"report.md", "nodes.json", "map_fail.png", "map_impact.png", "positions.png", "attention_mean.png"} <= files
+        assert {"report.md", "nodes.json", "map_fail.png", "map_impact.png", "positions.png", "attention_mean.png",
+                "accuracy.json", "attention.json", "positions.json", "maps.json"} <= files
+        import json
+        with open(os.path.join(out, "accuracy.json")) as f:
+            accuracy = json.load(f)
+        assert sum(r["questions"] for r in accuracy["sets"]) > 0 and {"class", "correct"} <= set(accuracy["classes"][0])
+        with open(os.path.join(out, "maps.json")) as f:
+            maps = json.load(f)
+        with open(os.path.join(out, "nodes.json")) as f:
+            assert len(maps["fail"]) == len(json.load(f))  # one failure-map cell per useful node
         text = open(os.path.join(out, "report.md")).read()
         assert all(f"![{f}]({f})" in text for f in files if f.endswith(".png"))
         assert "## Useful nodes" in text and "## Quanta maps" in text
@@ -900,6 +912,102 @@ def test_discovery_pairs_and_decoys_for_every_subtask():
             for c in cols:
                 for base in (0, n + 1):
                     assert torch.equal(decoy[:, base + n - 1 - c], alter[:, base + n - 1 - c])
+
+
+def test_pca_labels_need_separated_classes_not_the_answer_sign():
+    import algorithm
+    from analyse import lda_accuracy
+    g = torch.Generator().manual_seed(0)
+    # three parallel, elongated, tilted clusters: a linear discriminant separates them, nearest centroid cannot
+    labels = torch.arange(3).repeat_interleave(200)
+    along = 10 * torch.randn(600, generator=g)
+    Z = torch.stack([0.5 * labels + along, along], 1) + 0.05 * torch.randn(600, 2, generator=g)
+    centroids = torch.stack([Z[labels == c].mean(0) for c in range(3)])
+    nearest = (torch.cdist(Z, centroids).argmin(1) == labels).float().mean()
+    assert lda_accuracy(Z, labels) > 0.95 and nearest < 0.8, (lda_accuracy(Z, labels), nearest)
+    # tri-case questions of a subtraction's units column: a "head" that carries only the answer's sign is not
+    # tri-state (nor bi-state), while one that carries the column's class is
+    n = 3
+    tokens, labels = algorithm.tricase_questions("sub", n, 0, 100, g)
+    a, b, _, _ = data.parse_questions(tokens, n)
+    assert torch.equal(labels, (a % 10 >= b % 10).long() + (a % 10 > b % 10).long())  # the class is column 0's
+    assert len(set((a // 10).tolist())) > 50  # the other digits vary
+    sign = (tokens[:, data.answer_slice(n).start] == data.MINUS).float()[:, None]          # (N, 1)
+    noise = 0.01 * torch.randn(len(tokens), 16, generator=g)
+    only_sign = torch.cat([sign, 1 - sign], 1) @ torch.randn(2, 16, generator=g) + noise  # (N, 16)
+    assert algorithm.tricase_label(only_sign, labels)[0] == "none"
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    assert algorithm.tricase_label(one_hot @ torch.randn(3, 16, generator=g) + noise, labels)[0] == "tri"
+
+
+def test_impact_strings_stay_unambiguous_at_ten_digits():
+    from analyse import impact_digits, impact_value
+    from plots import impact_text
+    assert impact_value([3, 5, 4], 5) == "A543" and impact_digits("A543", 5) == [5, 4, 3]  # the reference's form
+    for digits in ([11, 10, 1, 0], [10], [1, 0], []):  # a 10-digit model: the sign is digit 11
+        assert impact_digits(impact_value(digits, 10), 10) == digits, digits
+    assert impact_value([10], 9) == "A10" and impact_value([1, 0], 9) == "A1,0" and impact_digits("A", 5) == []
+    assert impact_text({9, 10}, 9) == "A9,10" and impact_text({1, 0}, 9) == "A0,1" and impact_text({0, 1}, 5) == "A01"
+    assert impact_text({0, 1, 2, 11}, 10) == "A0..2,11"
+
+
+def test_project_imports_have_no_cycle():
+    """Imports follow the data (model/data -> train -> analyse -> the steps -> reuse): the graph of the
+    project's modules, every import statement counted except those under `if __name__ == "__main__":`,
+    has no cycle."""
+    import ast
+    import glob
+    modules = {os.path.basename(p)[:-3]: p for p in glob.glob(os.path.join(HERE, "*.py"))
+               if not p.endswith("test_all.py")}
+    graph = {}
+    for name, path in modules.items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        main_guard = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+        skip = {id(n) for g in main_guard for n in ast.walk(g)}
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module.split(".")[0])
+        graph[name] = found & set(modules)
+
+    def visit(name, path):
+        assert name not in path, "import cycle: " + " -> ".join(path + [name])
+        for other in graph[name]:
+            visit(other, path + [name])
+    for name in graph:
+        visit(name, [])
+    assert "report" in graph["algorithm"] or "analyse" in graph["report"]  # the graph was really read
+
+
+def test_node_usage_command_on_a_checkpoint():
+    import contextlib
+    import io
+    import re
+    import reuse_nodes
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert reuse_nodes.main([TINY_ADD3, "--questions", "30", "--no-progress"]) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[1].startswith("(none)") and "acc 100.0% (" in lines[1], lines[1]
+    rows = {m[1]: m for m in (re.match(r"(\S+) +(\d+) \( *([\d.]+)%\) +(\S+)", line) for line in lines[2:])}
+    assert sorted(rows) == ["L0H0", "L0H1", "L0H2", "L0MLP", "L1H0", "L1H1", "L1H2", "L1MLP"]
+    assert all(m[4] in ("add", "unused") and (m[4] == "add") == (int(m[2]) > 0) for m in rows.values())
+    total = int(re.search(r"\((\d+)\)", lines[1])[1])  # correct answers: the count beside each share
+    assert all(abs(100 * int(m[2]) / total - float(m[3])) < 0.06 for m in rows.values())
+    assert rows["L0MLP"][4] == "add"
+    for args in ([TINY_ADD3, "--layers", "2"], [TINY_ADD3, "--questions", "0"], [os.path.join(HERE, "missing.pt")]):
+        msg = cli_error(reuse_nodes.main, args)
+        assert msg.startswith("reuse_nodes.py: error:") and len(msg.splitlines()) == 1, (args, msg)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as help_text:
+            reuse_nodes.main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0 and "--min-correct" in help_text.getvalue()
 
 
 # ============================================================================= runner
