@@ -183,12 +183,14 @@ def search_claim(model, task, k, candidates, n_pairs=100, seed=0, threshold=THRE
     sets = [[nd] for nd in candidates if nd.position <= claim.position]
     found = list(zip(sets, run_tests(model, claim, sets, threshold)))
     if not any(r["verdict"] == "strong" for _, r in found):
-        movers = [s[0] for s, r in found if r["moved"] * 4 >= r["pairs"]]
-        pairs = [list(p) for p in itertools.combinations(movers, 2) if p[0].position == p[1].position]
+        pairs = same_position_pairs([s[0] for s, r in found if r["moved"] * 4 >= r["pairs"]])
         found += list(zip(pairs, run_tests(model, claim, pairs, threshold)))
     return sorted(found, key=lambda f: (f[1]["verdict"] != "strong", -f[1]["strong"] / max(1, f[1]["pairs"])))
 
 
+def same_position_pairs(nodes):
+    """Every pair [a, b] of the Nodes that share a position (the paper's 'H0 + H2 together')."""
+    return [list(p) for p in itertools.combinations(sorted(nodes), 2) if p[0].position == p[1].position]
 
 
 def families_of(task):
@@ -246,9 +248,7 @@ def discover(model, task, nodes=None, n_pairs=100, seed=0, progress=True, thresh
         mine = [t for t in tests if t["claim"] == name and t["kind"] == "useful"]
         movers = [Node.parse(t["nodes"][0]) for t in mine if t["moved"] * 4 >= t["pairs"] and t["verdict"] != "strong"]
         solved = any(t["verdict"] == "strong" for t in mine)
-        pairs = [list(p) for pos in sorted({m.position for m in movers})
-                 for p in itertools.combinations([m for m in movers if m.position == pos], 2)
-                 if not solved or not {x.name for x in p} <= alone]
+        pairs = [p for p in same_position_pairs(movers) if not solved or not {x.name for x in p} <= alone]
         record(claim, pairs, "pair", run_tests(model, claim, pairs, threshold, screen))
     # specificity of the pairs that pass: the same pair on its digit's other sub-tasks
     done = {(c["claim"], tuple(c["nodes"])) for c in tests}
