@@ -24,6 +24,7 @@ Speed: tests first run on SCREEN pairs; only those that move digit k on at least
 the rest, and many tests share one forward pass (the alter batch is tiled, one tile per node set).
 """
 import itertools
+import math
 import random
 import time
 from functools import partial
@@ -376,6 +377,12 @@ DEFINITIONS = (
     "*combiner* when it carries all of them. Alternatives are written with *or*: each node passes on its own.")
 
 
+def _tail(p, n, tau):
+    """P(X >= tau% of n) for X ~ Binomial(n, p): the chance a test with true pass rate p passes."""
+    need = math.ceil(tau * n / 100)
+    return sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(need, n + 1))
+
+
 def _names(sets, kinds=None):
     """['P12.L0.H0 (specific)', ...] joined with ' or ': each entry is a separate passing set."""
     return " or ".join(" + ".join(s) + (f" ({kinds[tuple(s)]})" if kinds else "") for s in sets) or "-"
@@ -385,6 +392,7 @@ def discovery_markdown(result, cfg, figure=None) -> str:
     """The discovery as markdown: definitions, shares, controls, the drawn algorithm (the PNG `figure`, if
     given), a table per answer digit, the nodes left without a purpose. `cfg` is the model's Config."""
     tau, sh, ctl = 100 * result["threshold"], result["shares"], result["controls"]
+    top = max(ctl["unused"]["max_share"], ctl["decoy"]["max_share"])
     lines = ["## The algorithm, verified by interventions", "",
              f"Purpose found for **{sh['heads']['strong']} of {sh['heads']['useful']} useful heads "
              f"({sh['heads']['strong_percent']:.0f}%)** and **{sh['MLPs']['strong']} of {sh['MLPs']['useful']} useful "
@@ -406,7 +414,10 @@ def discovery_markdown(result, cfg, figure=None) -> str:
               f"| unused nodes | {ctl['unused']['tests']} | {ctl['unused']['passed']} | {ctl['unused']['rate']:.1f}% | "
               f"{100 * ctl['unused']['max_share']:.0f}% |",
               f"| decoy stores | {ctl['decoy']['tests']} | {ctl['decoy']['passed']} | {ctl['decoy']['rate']:.1f}% | "
-              f"{100 * ctl['decoy']['max_share']:.0f}% |", ""]
+              f"{100 * ctl['decoy']['max_share']:.0f}% |", "",
+              f"The threshold of {tau:.0f}% lies {tau - 100 * top:.0f} points above the highest share of pairs any "
+              f"control test reached ({100 * top:.0f}%): on 100 pairs, a node whose true rate were that high would "
+              f"reach the threshold by chance with a binomial probability of {_tail(top, result['pairs_per_claim'], tau):.0e}.", ""]
     kinds = {k: v for k, v in _kinds(result).items()}
     by = {}
     for t in result["tests"]:
