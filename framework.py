@@ -1,11 +1,11 @@
 """
 The mathematical framework: how n-digit addition and subtraction decompose into per-column sub-tasks,
 written as plain functions, checked against integer arithmetic, and used to build the store/alter
-question pairs (with their predicted answers) that the interchange interventions of algorithm.py test.
+question pairs (with their predicted answers) that the interchange interventions of interventions.py test.
 
     python framework.py --task mix --digits 5          # check the framework on 1,000,000 questions per op
 
-Sub-tasks of column t (digits D_t, D'_t; SPEC 4.1, 4.12):
+Sub-tasks of column t (digits D_t, D'_t; "Understanding Addition in Transformers", section 4, and its successor's names):
     addition              SA base add (D+D') % 10 | SC make carry D+D' >= 10 | SS sum is 9 | ST TriCase 8/9/10
     subtraction, D >= D'  MD difference (D-D') % 10 | MB borrow D < D' | MZ D == D' | MT TriCase 10/9/8
     subtraction, D <  D'  ND, NB, NZ, NT: the same on (D', D), since the answer is -(D' - D)
@@ -153,12 +153,24 @@ def run_framework(task: str, n_digits: int, progress=True, n_questions=1_000_000
 
 # ----------------------------------------------------------------------------- store/alter pairs
 
+# The sub-tasks an interchange intervention tests, for answer digit A_k (k = 0 units .. n; the sign is k = n+1):
+#   addition SA: column k's base add | SC: the carry column k-1 makes | SS: column k-1 sums to 9, passing a
+#   carry from below on | ST: the carry that reaches A_k through a sum-9 column k-1 from the columns below it
+#   (the TriAdd cascade of their TriCase states); subtraction MD, MB, MZ, MT the same with difference,
+#   borrow, equal digits and the borrow cascade (ND, NB, NZ, NT on the swapped digits of a negative answer);
+#   SGN the answer's sign; OPR the operator (mixed models).
+ADD_TASKS, SUB_TASKS = ["SA", "SC", "SS", "ST"], ["D", "B", "Z", "T"]  # sub tasks take an M or N prefix
+FAMILIES = {"add": ADD_TASKS, "sub": ["M" + s for s in SUB_TASKS], "neg": ["N" + s for s in SUB_TASKS],
+            "sign": ["SGN"], "operator": ["OPR"]}
 
-ADD_TASKS, SUB_TASKS = ["SA", "SC", "ST"], ["D", "B", "T"]  # sub tasks take an M or N prefix
+
+def family_of(task: str) -> str:
+    """'SA' -> 'add', 'MB' -> 'sub', 'NT' -> 'neg', 'SGN' -> 'sign', 'OPR' -> 'operator'."""
+    return next(f for f, tasks in FAMILIES.items() if task in tasks)
 
 
 def answer_label(k: int, n: int) -> str:
-    """Answer digit k (0..n) is 'A<k>'; the sign is 'A<n+1>', as in the Impact tags (SPEC 4.5)."""
+    """Answer digit k (0..n) is 'A<k>'; the sign is 'A<n+1>', as in the Impact tags."""
     return f"A{k}"
 
 
@@ -170,10 +182,22 @@ def _draw(B, n, op, gen, p_special=0.3):
     return x, torch.where(special, 9 - x if op == "add" else x, y)
 
 
-def _pair_rule(task, k, n, xa, ya, xs, ys):
-    """For sub-task `task` of answer digit k: (keep (B,) bool, expected digit (B,)). `keep` says the pair
-    tests the claim: the store differs from the alter only in that sub-task's value, and the claim
-    predicts a change. The expected digit combines the store's sub-task value with the alter's rest."""
+def _cols(task, k, n, column=None):
+    """The columns (units first) whose digits carry sub-task `task` of answer digit k: the store
+    re-draws exactly these; a decoy store keeps exactly these. `column` j picks one level of a cascade
+    (ST, MT, NT): the TriCase state of column j alone."""
+    step = task if task in ADD_TASKS else task[1]
+    if column is not None:
+        return [column]
+    return {"SA": [k], "D": [k], "SC": [k - 1], "B": [k - 1], "SS": [k - 1], "Z": [k - 1]}.get(step, list(range(k - 1)))
+
+
+def _pair_rule(task, k, n, xa, ya, xs, ys, column=None):
+    """For sub-task `task` of answer digit k: (keep (B,) bool, expected digit (B,)). `keep` says the pair tests the claim: the store differs from the alter
+    only in that sub-task's value, and the claim predicts a change. The expected digit combines the
+    store's sub-task value with the alter's rest. A cascade (ST, MT, NT) runs through column k-1, or with
+    `column` j from column j through every column between j and k."""
+    low = k - 1 if column is None else column + 1  # the columns low..k-1 must pass the cascade on
     if task in ADD_TASKS:
         a, s = add_subtasks(xa, ya), add_subtasks(xs, ys)
         not9 = ~a["SS"][:, k] if k < n else torch.ones(len(xa), dtype=torch.bool)  # no onward cascade
@@ -183,8 +207,12 @@ def _pair_rule(task, k, n, xa, ya, xs, ys):
         elif task == "SC":
             keep = (a["SA"][:, k - 1] == s["SA"][:, k - 1]) & (a["SC"][:, k - 1] != s["SC"][:, k - 1]) & not9
             exp = (sa_k + s["SC"][:, k - 1].long()) % 10
-        else:  # ST: the carry cascaded through a sum-9 column k-1 from the columns below it
-            keep = a["SS"][:, k - 1] & (a["carry"][:, k - 1] != s["carry"][:, k - 1]) & not9
+        elif task == "SS":  # a carry reaches column k-1; whether it sums to 9 decides if it reaches A_k
+            keep = ((a["SC"][:, k - 1] == s["SC"][:, k - 1]) & (a["SS"][:, k - 1] != s["SS"][:, k - 1])
+                    & (a["carry"][:, k - 1] == 1) & not9)
+            exp = (sa_k + (a["SC"][:, k - 1] | s["SS"][:, k - 1]).long()) % 10
+        else:  # ST: the carry cascaded through sum-9 columns low..k-1 from the columns below them
+            keep = a["SS"][:, low:k].all(1) & (a["carry"][:, k] != s["carry"][:, k]) & not9
             exp = (sa_k + s["carry"][:, k]) % 10
         return keep, exp
     p = task[0]
@@ -199,57 +227,120 @@ def _pair_rule(task, k, n, xa, ya, xs, ys):
     elif task[1] == "B":
         keep = (a[p + "D"][:, k - 1] == s[p + "D"][:, k - 1]) & (a[p + "B"][:, k - 1] != s[p + "B"][:, k - 1]) & not0
         exp = (a[p + "D"][:, k] - s[p + "B"][:, k - 1].long()) % 10
-    else:  # T: the borrow cascaded through an equal column k-1
-        keep = a[p + "Z"][:, k - 1] & (a["borrow"][:, k - 1] != s["borrow"][:, k - 1]) & not0
+    elif task[1] == "Z":  # a borrow reaches column k-1; whether its digits are equal decides if it reaches A_k
+        keep = ((a[p + "B"][:, k - 1] == s[p + "B"][:, k - 1]) & (a[p + "Z"][:, k - 1] != s[p + "Z"][:, k - 1])
+                & (a["borrow"][:, k - 1] == 1) & not0)
+        exp = (a[p + "D"][:, k] - (a[p + "B"][:, k - 1] | s[p + "Z"][:, k - 1]).long()) % 10
+    else:  # T: the borrow cascaded through equal columns low..k-1
+        keep = a[p + "Z"][:, low:k].all(1) & (a["borrow"][:, k] != s["borrow"][:, k]) & not0
         exp = (a[p + "D"][:, k] - s["borrow"][:, k]) % 10
     return keep & right_sign, exp
 
 
+def cascade_columns(task: str, k: int):
+    """The single columns j a cascade sub-task (ST, MT, NT) of digit k is also tested on: 0..k-2 when
+    there are at least two (with one, column 0 alone is the whole cascade)."""
+    return list(range(k - 1)) if task in ("ST", "MT", "NT") and k >= 3 else []
+
+
 def subtask_digits(task: str, n: int):
-    """The answer digits k a sub-task can be tested on (the sign, 'SGN', is digit n+1)."""
-    if task == "SGN":
-        return [n + 1]
-    first = {"SA": 0, "SC": 1, "ST": 2, "D": 0, "B": 1, "T": 2}[task if task in ADD_TASKS else task[1]]
+    """The answer digits k a sub-task can be tested on (the sign is digit n+1)."""
+    if task == "SGN":  # the sign token, and each digit below A_n (A_n of a difference is always 0)
+        return [n + 1] + list(range(n))
+    if task == "OPR":
+        return list(range(n + 2))
+    first = {"SA": 0, "SC": 1, "SS": 2, "ST": 2, "D": 0, "B": 1, "Z": 2, "T": 2}[task if task in ADD_TASKS else task[1]]
     # a subtraction answer's A_n is always 0, and a borrow out of the top column would flip the sign
-    last = n if task in ("SC", "ST") else n - 1
+    last = n if task in ("SC", "SS", "ST") else n - 1
     return list(range(first, last + 1))
 
 
-def make_pairs(task: str, k: int, n: int, count: int, gen: torch.Generator, tries=40):
+def _val(d):
+    return data.value_of(d.flip(1))  # units-first digits (B, n) -> ints (B,)
+
+
+def _questions(x, y, is_sub, n):
+    """Units-first digits (B, n) and per-row operator (B,) bool -> question tokens (B, 3n+4)."""
+    add, sub = data.make_questions(_val(x), _val(y), "add", n), data.make_questions(_val(x), _val(y), "sub", n)
+    return torch.where(is_sub[:, None], sub, add)
+
+
+def make_pairs(task: str, k: int, n: int, count: int, gen: torch.Generator, tries=40, column=None, chain=False):
     """`count` store/alter question pairs for the claim "a node carries sub-task `task` of answer digit k".
     Returns (store tokens, alter tokens, expected answer tokens), each (count', ...), count' <= count
-    (fewer only when such pairs are rare). The expected answer is the alter's with digit k replaced
-    by the framework's prediction; for 'SGN' (answer sign) only the sign flips."""
+    (fewer only when such pairs are rare). The store is the alter with the sub-task's columns re-drawn
+    (with `column` j, a cascade sub-task's column j only), every other digit of the alter random. The
+    expected answer is the alter's with digit k replaced by the framework's prediction; for 'SGN' the sign
+    flips (k = n+1) or A_k is computed on the other path (ND instead of MD, or MD instead of ND) from the
+    alter's digits; for 'OPR' (the store has the other operator) answer token k becomes the store's.
+    With `chain`, a fourth tensor, the other answer the claim accepts: with `column`, the node passes
+    column j's state to every digit it reaches (digits j+1..k become the store's); for 'OPR', digit k is
+    computed with the other operator on the alter's sign (MD of an add alter even when D < D', SA of a
+    subtract alter); otherwise the same as the third."""
     op = "add" if task in ADD_TASKS else "sub"
-    stores, alters, expects, have = [], [], [], 0
+    stores, alters, expects, chains, have = [], [], [], [], 0
     for _ in range(tries):
         if have >= count:
             break
         xa, ya = _draw(16 * count, n, op, gen)
         xs, ys = xa.clone(), ya.clone()
-        if task == "SGN":  # swap the digits of the highest column where they differ: the sign flips
+        is_sub = torch.full((len(xa),), op == "sub")
+        col = n + 1 - k                                                     # answer token of digit k
+        if task == "OPR":  # half the alters add, half subtract; the store has the other operator
+            is_sub = torch.rand(len(xa), generator=gen) < 0.5
+            keep, exp = torch.ones(len(xa), dtype=torch.bool), None
+        elif task == "SGN":  # swap the digits of the highest column where they differ: the sign flips
             top = ((xa != ya) * torch.arange(1, n + 1)).argmax(1)           # (B,)
             rows = torch.arange(len(xa))
             xs[rows, top], ys[rows, top] = ya[rows, top], xa[rows, top]
             keep, exp = (xa != ya).any(1), None
+            if k <= n:  # the sign as digit k uses it: A_k from the other path (ND if D >= D', MD if not)
+                m, neg = sub_subtasks(xa, ya, "M"), sub_subtasks(ya, xa, "N")
+                exp = torch.where(m["borrow"][:, n].bool(), m["digits"][:, k], neg["digits"][:, k])
         else:
-            step = task if task in ADD_TASKS else task[1]
-            cols = {"SA": [k], "D": [k], "SC": [k - 1], "B": [k - 1]}.get(step, list(range(k - 1)))
+            cols = _cols(task, k, n, column)
             xr, yr = _draw(len(xa), n, op, gen)
             xs[:, cols], ys[:, cols] = xr[:, cols], yr[:, cols]
-            keep, exp = _pair_rule(task, k, n, xa, ya, xs, ys)
-        val = lambda d: data.value_of(d.flip(1))  # noqa: E731  units-first digits -> ints
-        store = data.make_questions(val(xs), val(ys), op, n)
-        alter = data.make_questions(val(xa), val(ya), op, n)
+            keep, exp = _pair_rule(task, k, n, xa, ya, xs, ys, column)
+        alter = _questions(xa, ya, is_sub, n)
+        store = _questions(xs, ys, is_sub ^ (task == "OPR"), n)
         want = alter[:, data.answer_slice(n)].clone()                       # (B, n+2) sign A(n)..A0
-        if task == "SGN":
-            want[:, 0] = store[:, data.answer_slice(n)][:, 0]
+        if exp is None:  # SGN, OPR: the store's own answer token
+            want[:, col] = store[:, data.answer_slice(n)][:, col]
         else:
-            want[:, n + 1 - k] = exp
+            want[:, col] = exp
         keep &= (want != alter[:, data.answer_slice(n)]).any(1)            # the claim predicts a change
-        stores.append(store[keep]), alters.append(alter[keep]), expects.append(want[keep])
+        every = want.clone()
+        if column is not None:  # answer tokens of digits column+1..k
+            every[:, col:n + 1 - column] = store[:, data.answer_slice(n)][:, col:n + 1 - column]
+        if task == "OPR" and k <= n:  # the other operator on the alter's sign: an add alter's digit from MD
+            other = torch.where(is_sub, add_subtasks(xa, ya)["digits"][:, k], sub_subtasks(xa, ya)["digits"][:, k])
+            every[:, col] = other
+        truth = alter[:, data.answer_slice(n)]
+        every = torch.where((every != truth).any(1, keepdim=True), every, want)  # an alternative must predict a change
+        stores.append(store[keep]), alters.append(alter[keep]), expects.append(want[keep]), chains.append(every[keep])
         have += int(keep.sum())
-    return torch.cat(stores)[:count], torch.cat(alters)[:count], torch.cat(expects)[:count]
+    out = [torch.cat(t)[:count] for t in (stores, alters, expects, chains)]
+    return tuple(out) if chain else tuple(out[:3])
+
+
+def make_decoys(task: str, k: int, n: int, alter: torch.Tensor, gen: torch.Generator, column=None) -> torch.Tensor:
+    """Decoy stores (B, P) for the alters (B, P) of a claim: each keeps the alter's operator and the
+    digits that carry the claimed sub-task (for SGN every column from the highest one where D and D'
+    differ; for OPR none) and re-draws every other digit. A decoy shares the alter's value of the
+    sub-task and differs in others, so a node that passes the claim when patched from its decoy
+    passes without the sub-task's information: a false positive."""
+    a, b, is_sub, _ = data.parse_questions(alter, n)
+    xa, ya = column_digits(a, n), column_digits(b, n)                       # (B, n) units first
+    xr, yr = torch.randint(0, 10, (2, *xa.shape), generator=gen)
+    if task == "SGN":
+        top = ((xa != ya) * torch.arange(1, n + 1)).argmax(1, keepdim=True)  # (B, 1)
+        fixed = torch.arange(n)[None, :] >= top
+    else:
+        fixed = torch.zeros(n, dtype=torch.bool)
+        fixed[[] if task == "OPR" else _cols(task, k, n, column)] = True
+        fixed = fixed.expand_as(xa)
+    return _questions(torch.where(fixed, xa, xr), torch.where(fixed, ya, yr), is_sub, n)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,32 @@
 """
-Interchange interventions and the automatic search for which node computes which sub-task.
+Interchange interventions, and the node-centric discovery of what each useful node computes.
 
-    python algorithm.py CHECKPOINT --only algorithm          # prints and saves the verified table
+    python analyse.py checkpoints/add_d5_l2_h3_t6K_s1.pt --only nodes algorithm
 
 An intervention runs a *store* question, copies chosen nodes' activations (a head's hook_z[:, P, h] or
 an MLP's hook_post[:, P]) into the run of an *alter* question, and reads the model's answer. A claim
-"these nodes carry sub-task X of answer digit k" predicts, through framework.py, the exact answer:
-the alter's, with digit k recomputed from the store's value of X. The store/alter pairs differ only in
-X (framework.make_pairs), so the prediction differs from the alter's answer, and a claim passes only
-if every pair gives exactly the predicted answer. Pairs the unpatched model gets wrong are dropped.
-
-The search tries, for each digit and sub-task, every candidate node that can influence that digit
-(its position is at or before the one predicting the digit), then pairs (two heads at one position,
-and pairs of the best partial single nodes), and keeps the smallest sets that pass.
-Many claims share one forward pass: the alter batch is tiled once per claim and each tile is patched
-with its own node set. Left out on purpose: sets of three or more nodes (the search space explodes and
-the 5-digit models need none).
+"node N carries sub-task X of answer digit A_k" predicts, through framework.py, the exact answer: the
+alter's, with digit k recomputed from the store's value of X. Store and alter differ only in X (the
+digits X reads are re-drawn, every other digit of the alter is random: framework.make_pairs), so the
+prediction differs from the alter's answer. Per test, over the pairs the unpatched model answers right:
+  strong  the patched answer equals the prediction exactly (every answer token),
+  weak    digit k becomes the predicted digit, but other answer tokens move too.
+A claim holds when its share of pairs reaches the threshold (THRESHOLD) and two controls fail:
+  decoy   the same node patched from a *decoy* store (the alter with every digit re-drawn except the
+          ones X reads: it differs in other sub-tasks, not in X) must not give the prediction;
+  unused  nodes whose ablation breaks nothing are put through the same tests; they must not pass.
+Every useful node is tested on every sub-task of every answer digit it can reach (at or before the
+position that predicts the digit), so a node that passes is also seen on its digit's other sub-tasks:
+*specific* when it carries some of them, a *combiner* when it carries all. Where no single node
+passes a claim, pairs of nodes at one position are tried ("Understanding Addition in Transformers",
+section 5: two heads together do the base add).
+Speed: tests first run on SCREEN pairs; only those that move digit k on at least half of them run on
+the rest, and many tests share one forward pass (the alter batch is tiled, one tile per node set).
 """
 import itertools
+import math
+import random
+import time
 from functools import partial
 
 import torch
@@ -26,63 +35,62 @@ from tqdm import tqdm
 import data
 import framework
 import evaluate
+from analyse import Node, tag_values
+
+THRESHOLD = 0.9  # share of pairs a claim must pass; the controls' rates are reported beside it
+SCREEN = 20      # pairs every test runs on first
+SUCCESSOR = {"heads": 54, "MLPs": 0}  # % of useful nodes given a purpose by the successor library's search
 
 # ----------------------------------------------------------------------------- nodes
 
 
-def node_name(node, n_heads) -> str:
-    """(position, layer, head) -> 'P12.L0.H1'; head == n_heads is the MLP: 'P12.L0.MLP'."""
-    p, l, h = node
-    return f"P{p}.L{l}." + ("MLP" if h == n_heads else f"H{h}")
-
-
 def all_nodes(cfg):
-    """Every (position, layer, head-or-MLP) of a model, for when no useful-node list is given."""
-    return [(p, l, h) for p in range(cfg.n_ctx) for l in range(cfg.n_layers) for h in range(cfg.n_heads + 1)]
-
-
-def _site(node, n_heads):
-    """Where a node's activation lives: (hook name, index tuple after the batch axis)."""
-    p, l, h = node
-    if h == n_heads:
-        return f"blocks.{l}.mlp.hook_post", (p,)         # (B, P, M)
-    return f"blocks.{l}.attn.hook_z", (p, h)            # (B, P, H, D)
+    """Every Node (position, layer, head or MLP) of a model, for when no useful-node list is given."""
+    return [Node(p, l, h) for p in range(cfg.n_ctx) for l in range(cfg.n_layers) for h in [*range(cfg.n_heads), None]]
 
 
 def _is_site(name):
     return name.endswith("attn.hook_z") or name.endswith("mlp.hook_post")
 
+
+def answer_position(k, n):
+    """The position whose logits predict answer digit k (the sign, k = n+1, is predicted at `=`)."""
+    return 3 * n + 2 - k
+
 # ----------------------------------------------------------------------------- interventions
 
 
 def _put(x, hook, patches, B):
-    """The one patching hook: for tile i, copy the store activation into every listed site."""
-    x = x.clone()
+    """The one patching hook: for tile i, copy the store activation into every listed site (in place)."""
     for i, idx, value in patches.get(hook.name, []):
         x[(slice(i * B, (i + 1) * B),) + idx] = value
     return x
 
 
+def store_cache(model, store):
+    """The activations interventions copy: {hook name: (B, P, ...)} for every hook_z and hook_post."""
+    with torch.inference_mode():
+        return model.run_with_cache(store, names=_is_site)[1]
+
+
 @torch.inference_mode()
-def intervene(model, store, alter, node_sets, cache=None, chunk=64):
-    """Patch each node set (a list of lists of nodes) from `store` into `alter` questions (both (B, P)).
-    Returns predicted answer tokens (len(node_sets), B, n+2). `cache` (from a run_with_cache of store
-    restricted to hook_z / hook_post) may be passed to reuse it across calls."""
-    n, H, B = model.cfg.n_digits, model.cfg.n_heads, len(alter)
-    if cache is None:
-        cache = model.run_with_cache(store, names=_is_site)[1]  # inside inference_mode: no graph
-    out = []
+def intervene(model, store, alter, node_sets, cache=None, rows=1024):
+    """Patch each node set (a list of lists of Nodes) from `store` into `alter` questions (both (B, P)).
+    Returns predicted answer tokens (len(node_sets), B, n+2). `cache` (store_cache of the store) may be
+    passed instead of `store` to reuse it. About `rows` questions go through one forward pass."""
+    n, B = model.cfg.n_digits, len(alter)
+    cache = store_cache(model, store) if cache is None else cache
+    chunk, out = max(1, rows // max(B, 1)), []
     for start in range(0, len(node_sets), chunk):
         sets = node_sets[start:start + chunk]
         patches = {}
         for i, nodes in enumerate(sets):
             for node in nodes:
-                name, idx = _site(node, H)
-                patches.setdefault(name, []).append((i, idx, cache[name][(slice(None),) + idx]))
+                patches.setdefault(node.hook_name, []).append((i, node.index, cache[node.hook_name][(slice(None),) + node.index]))
         hook = partial(_put, patches=patches, B=B)
         logits = model.run_with_hooks(alter.repeat(len(sets), 1), [(name, hook) for name in patches])
         out.append(logits[:, data.logit_slice(n)].argmax(-1).view(len(sets), B, n + 2))
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, B, n + 2, dtype=torch.long)
 
 
 def test_claim(model, store, alter, expected, nodes):
@@ -95,99 +103,346 @@ def claim_pairs(model, task, k, n_pairs, gen):
     """Store/alter/expected for sub-task `task` of digit k, keeping only pairs the model gets right."""
     n = model.cfg.n_digits
     store, alter, expected = framework.make_pairs(task, k, n, n_pairs, gen)
-    ok = evaluate.score(model, store, n)[0] & evaluate.score(model, alter, n)[0]
+    ok = evaluate.score(model, store, n, with_loss=False)[0] & evaluate.score(model, alter, n, with_loss=False)[0]
     return store[ok], alter[ok], expected[ok]
+
+# ----------------------------------------------------------------------------- one claim
+
+
+def claim_name(task, k, column=None):
+    """'A3.SA'; a cascade sub-task from one column: 'A5.ST(D2)'."""
+    return f"A{k}.{task}" + ("" if column is None else f"(D{column})")
+
+
+class Claim:
+    """Sub-task `task` of answer digit k (from cascade column `column`, if given) with its pairs: store,
+    alter, expected, chain (the expected answer if a cascade column's state reaches every digit up to
+    A_k; else the same) and decoy stores, each (B, ...), all answered right by the model."""
+
+    def __init__(self, model, task, k, n_pairs, gen, column=None):
+        n = model.cfg.n_digits
+        self.task, self.k, self.column, self.col = task, k, column, n + 1 - k  # col: answer token index
+        self.name, self.position = claim_name(task, k, column), answer_position(k, n)
+        store, alter, expected, chain = framework.make_pairs(task, k, n, n_pairs, gen, column=column, chain=True)
+        decoy = framework.make_decoys(task, k, n, alter, gen, column)
+        ok = (evaluate.score(model, store, n, with_loss=False)[0] & evaluate.score(model, alter, n, with_loss=False)[0]
+              & evaluate.score(model, decoy, n, with_loss=False)[0])
+        self.store, self.alter, self.expected, self.chain, self.decoy = store[ok], alter[ok], expected[ok], chain[ok], decoy[ok]
+        self.truth = self.alter[:, data.answer_slice(n)]
+
+    def __len__(self):
+        return len(self.alter)
+
+    def measure(self, model, sets, rows, decoy=False):
+        """Counts over the pairs `rows` (a slice) for each node set: (S, 3) int tensor of
+        [exact answers, digit k as predicted, digit k moved from the alter's] (either prediction)."""
+        store = (self.decoy if decoy else self.store)[rows]
+        pred = intervene(model, store, self.alter[rows], sets)                       # (S, b, n+2)
+        exp, truth, c = self.expected[rows], self.truth[rows], self.col
+        alt = self.chain[rows]
+        exact = (pred == exp).all(2) | (pred == alt).all(2)                              # (S, b)
+        digit = (pred[:, :, c] == exp[None, :, c]) | (pred[:, :, c] == alt[None, :, c])
+        return torch.stack([exact.sum(1), digit.sum(1),
+                            (pred[:, :, c] != truth[None, :, c]).sum(1)], 1)
+
+
+def run_tests(model, claim, sets, threshold, screen=SCREEN):
+    """Test node sets on one claim: every set on the first `screen` pairs, the sets that move digit k
+    on at least half of them on the rest, then the decoy control for every set that passes.
+    Returns one dict per set: {pairs, strong, digit, moved, decoy_strong, decoy_digit, verdict} with
+    counts of pairs and verdict 'strong', 'weak', 'decoy' (passed, but so did its decoy) or 'none'."""
+    B = len(claim)
+    if not sets:
+        return []
+    first = claim.measure(model, sets, slice(0, screen))                              # (S, 3)
+    counts, pairs = first.clone(), torch.full((len(sets),), min(screen, B))
+    go = (first[:, 1] * 2 >= pairs).nonzero().flatten().tolist() if B > screen else []
+    if go:
+        counts[go] += claim.measure(model, [sets[i] for i in go], slice(screen, B))
+        pairs[go] = B
+    need = threshold * B
+    passing = [i for i in range(len(sets)) if pairs[i] == B and counts[i, 1] >= need]
+    decoys = dict(zip(passing, claim.measure(model, [sets[i] for i in passing], slice(0, B), decoy=True).tolist())
+                  ) if passing else {}
+    out = []
+    for i, (exact, digit, moved) in enumerate(counts.tolist()):
+        d = decoys.get(i, [0, 0, 0])
+        verdict = "strong" if exact >= need else "weak" if i in decoys else "none"
+        if verdict != "none" and d[0 if verdict == "strong" else 1] >= need:
+            verdict = "decoy"
+        out.append({"pairs": int(pairs[i]), "strong": exact, "digit": digit, "moved": moved,
+                    "decoy_strong": d[0], "decoy_digit": d[1], "verdict": verdict})
+    return out
 
 # ----------------------------------------------------------------------------- discovery
 
 
-def subtasks_of(task):
-    """The sub-tasks searched for a model's task: addition SA SC ST; subtraction M*/N* and the sign."""
-    add, sub = list(framework.ADD_TASKS), [p + s for p in "MN" for s in framework.SUB_TASKS] + ["SGN"]
-    return {"add": add, "sub": sub, "mix": add + sub}[task]
+def search_claim(model, task, k, candidates, n_pairs=100, seed=0, threshold=THRESHOLD, column=None):
+    """The search discover runs, for one claim: every candidate Node alone, then (if none passes) pairs at
+    one position of the nodes that move digit k. Returns [(node set, test result)], strong ones first."""
+    claim = Claim(model, task, k, n_pairs, torch.Generator().manual_seed(seed), column)
+    sets = [[nd] for nd in candidates if nd.position <= claim.position]
+    found = list(zip(sets, run_tests(model, claim, sets, threshold)))
+    if not any(r["verdict"] == "strong" for _, r in found):
+        pairs = same_position_pairs([s[0] for s, r in found if r["moved"] * 4 >= r["pairs"]])
+        found += list(zip(pairs, run_tests(model, claim, pairs, threshold)))
+    return sorted(found, key=lambda f: (f[1]["verdict"] != "strong", -f[1]["strong"] / max(1, f[1]["pairs"])))
 
 
-def _search_one(model, store, alter, expected, k, candidates, max_movers):
-    """Smallest passing node sets for one claim: singles, else pairs.
-    Returns (passing sets, (best set tried, its passes), {node in a passing set: pairs it moves alone})."""
-    n, B = model.cfg.n_digits, len(alter)
-    col = n + 1 - k                                     # index of digit k in `sign A(n)..A0`
-    with torch.inference_mode():
-        cache = model.run_with_cache(store, names=_is_site)[1]
-    sets = [[c] for c in candidates]
-    pred = intervene(model, store, alter, sets, cache)  # (S, B, n+2)
-    tried = list(zip(sets, (pred == expected).all(2).sum(1).tolist()))
-    winners = [s for s, e in tried if e == B]
-    moved = (pred[:, :, col] == expected[None, :, col]).sum(1)                    # (S,)
-    alone = {c: int(m) for c, m in zip(candidates, moved)}  # pairs each node moves digit k on, alone
-    if not winners:
-        # pairs of nodes that each move digit k as predicted on their own at least once: this keeps
-        # out "a node that nearly passes alone + a bystander that happens to fix one pair"
-        movers = [sets[i][0] for i in moved.argsort(descending=True)[:max_movers].tolist() if moved[i] > 0]
-        pairs = [list(p) for p in itertools.combinations(movers, 2)]
-        if pairs:
-            pred = intervene(model, store, alter, pairs, cache)
-            tried += list(zip(pairs, (pred == expected).all(2).sum(1).tolist()))
-            winners = [s for s, e in tried if e == B]
-    # pairs whose weaker member does more on its own first: two partial nodes before a near-complete one
-    winners.sort(key=lambda s: -min(alone[c] for c in s))
-    return winners, max(tried, key=lambda t: t[1]), {c: alone[c] for s in winners for c in s}
+def same_position_pairs(nodes):
+    """Every pair [a, b] of the Nodes that share a position (the paper's 'H0 + H2 together')."""
+    return [list(p) for p in itertools.combinations(sorted(nodes), 2) if p[0].position == p[1].position]
 
 
-def discover(model, task, nodes=None, n_pairs=100, seed=0, max_movers=24, min_pairs=20, progress=True):
-    """For every answer digit and sub-task: the smallest node sets whose patch moves the answer exactly
-    as the framework predicts on every pair. `nodes`: candidate (position, layer, head) tuples (default all).
-    Returns rows {digit, subtask, sets, passed, total, best, best_passed}, sets as lists of nodes."""
+def families_of(task):
+    """The sub-task families searched for a model's task (framework.FAMILIES)."""
+    return {"add": ["add"], "sub": ["sub", "neg", "sign"], "mix": ["add", "sub", "neg", "sign", "operator"]}[task]
+
+
+def claims_of(task, n):
+    """Every (sub-task, answer digit k, cascade column or None) of a task, in answer order (the sign and
+    high digits first; a cascade's single columns after the whole cascade)."""
+    order = [t for f in families_of(task) for t in framework.FAMILIES[f]]
+    out = [(t, k, j) for t in order for k in framework.subtask_digits(t, n)
+           for j in [None] + framework.cascade_columns(t, k)]
+    return sorted(out, key=lambda c: (-c[1], order.index(c[0]), -1 if c[2] is None else -c[2]))
+
+
+def discover(model, task, nodes=None, n_pairs=100, seed=0, progress=True, threshold=THRESHOLD, screen=SCREEN,
+             n_controls=24, min_pairs=50):
+    """Node-centric discovery: every useful node (a {Node: tags} dict from the nodes step, or a list; None =
+    every node, then without the unused-node control) on every (sub-task, answer digit) of `task`, with
+    `n_pairs` store/alter pairs each, pairs at one position where no single node passes, the decoy control
+    for every pass and up to `n_controls` unused nodes (at positions that hold useful nodes) per claim.
+    Claims with fewer than `min_pairs` pairs the model answers right are skipped. Returns a JSON-able dict:
+    claims, tests (every result), nodes (each useful node's purposes and kind), shares, controls, seconds."""
+    t0, cpu0 = time.time(), time.process_time()
     cfg, n = model.cfg, model.cfg.n_digits
-    nodes = all_nodes(cfg) if nodes is None else nodes
-    gen = torch.Generator().manual_seed(seed)
-    claims = sorted(((t, k) for t in subtasks_of(task) for k in framework.subtask_digits(t, n)),
-                    key=lambda c: (-c[1], subtasks_of(task).index(c[0])))  # answer order: high digit first
-    rows = []
-    for t, k in tqdm(claims, desc="interventions", disable=not progress, mininterval=0.5):
-        store, alter, expected = claim_pairs(model, t, k, n_pairs, gen)
-        last = 3 * n + 2 - k        # the position predicting digit k (the sign, k = n+1, at `=`)
-        candidates = [c for c in nodes if c[0] <= last]
-        row = {"digit": f"A{k}", "subtask": t, "sets": [], "passed": 0, "total": len(alter),
-               "best": [], "best_passed": 0, "alone": {}}
-        if len(alter) >= min_pairs and candidates:  # a claim tested on a handful of pairs proves little
-            sets, (best, best_passed), alone = _search_one(model, store, alter, expected, k, candidates, max_movers)
-            row.update(sets=sets, passed=len(alter) if sets else best_passed, best=best, best_passed=best_passed,
-                       alone=alone)
-        rows.append(row)
-    return rows
+    tags = nodes if isinstance(nodes, dict) else {nd: [] for nd in (all_nodes(cfg) if nodes is None else nodes)}
+    useful = sorted(tags)
+    held = {nd.position for nd in useful}
+    unused = [nd for nd in all_nodes(cfg) if nd not in tags and nd.position in held] if nodes is not None else []
+    gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    claims, objects, tests = [], {}, []
+
+    def record(claim, sets, kind, results):
+        for s, r in zip(sets, results):
+            tests.append({"claim": claim.name, "nodes": [x.name for x in s], "kind": kind, **r})
+
+    for t, k, j in tqdm(claims_of(task, n), desc="interventions", disable=not progress, mininterval=0.5):
+        claim = Claim(model, t, k, n_pairs, gen, j)
+        claims.append({"claim": claim.name, "digit": k, "subtask": t, "column": j, "family": framework.family_of(t),
+                       "position": claim.position, "pairs": len(claim), "tested": len(claim) >= min_pairs})
+        if len(claim) < min_pairs:  # a claim tested on a handful of pairs proves little
+            continue
+        objects[claim.name] = claim
+        cands = [[nd] for nd in useful if nd.position <= claim.position]
+        pool = [nd for nd in unused if nd.position <= claim.position]
+        ctrl = [[nd] for nd in sorted(rng.sample(pool, min(n_controls, len(pool))))]
+        res = run_tests(model, claim, cands + ctrl, threshold, screen)
+        record(claim, cands, "useful", res[:len(cands)])
+        record(claim, ctrl, "unused", res[len(cands):])
+    # pairs at one position, of nodes that each move digit k on >= 25% of their pairs but do not pass
+    # alone: for every claim no single node passes, and for the nodes that have no purpose alone
+    alone = {t["nodes"][0] for t in tests if t["kind"] == "useful" and t["verdict"] == "strong"}
+    for name, claim in objects.items():
+        mine = [t for t in tests if t["claim"] == name and t["kind"] == "useful"]
+        movers = [Node.parse(t["nodes"][0]) for t in mine if t["moved"] * 4 >= t["pairs"] and t["verdict"] != "strong"]
+        solved = any(t["verdict"] == "strong" for t in mine)
+        pairs = [p for p in same_position_pairs(movers) if not solved or not {x.name for x in p} <= alone]
+        record(claim, pairs, "pair", run_tests(model, claim, pairs, threshold, screen))
+    # specificity of the pairs that pass: the same pair on its digit's other sub-tasks
+    done = {(c["claim"], tuple(c["nodes"])) for c in tests}
+    for t in [t for t in tests if t["kind"] == "pair" and t["verdict"] == "strong"]:
+        info = next(c for c in claims if c["claim"] == t["claim"])
+        for c in claims:
+            if (c["tested"] and c["digit"] == info["digit"] and c["family"] == info["family"]
+                    and (c["claim"], tuple(t["nodes"])) not in done):
+                pair = [Node.parse(x) for x in t["nodes"]]
+                record(objects[c["claim"]], [pair], "pair_other", run_tests(model, objects[c["claim"]], [pair], threshold, screen))
+                done.add((c["claim"], tuple(t["nodes"])))
+    result = {"task": task, "n_digits": n, "threshold": threshold, "pairs_per_claim": n_pairs, "screen": screen,
+              "seed": seed, "claims": claims, "tests": tests}
+    result["nodes"] = _node_purposes(result, tags)
+    result["shares"] = _shares(result["nodes"])
+    result["controls"] = _controls(tests)
+    result["seconds"], result["cpu_seconds"] = round(time.time() - t0, 1), round(time.process_time() - cpu0, 1)
+    return result
 
 
-def algo_tags(rows):
-    """{node: ['Algo.A3.SA', ...]} for every node in a passing set."""
+def _kinds(result):
+    """{(node names, claim): 'specific' | 'combiner'} for every strong pass: a combiner carries every
+    tested sub-task of its digit's family (add, sub or neg: the four whole sub-tasks, not the single
+    cascade columns; for A0 that is SA alone), a specific node only some. The sign and the operator
+    are purposes of their own, always specific."""
+    info = {c["claim"]: c for c in result["claims"]}
+    tested, passed = {}, {}
+    for c in result["claims"]:
+        if c["tested"] and c["column"] is None:
+            tested.setdefault((c["digit"], c["family"]), set()).add(c["subtask"])
+    for t in result["tests"]:
+        c = info[t["claim"]]
+        if t["verdict"] == "strong" and t["kind"] != "unused" and c["column"] is None:
+            passed.setdefault((tuple(t["nodes"]), c["digit"], c["family"]), set()).add(c["subtask"])
+    kinds = {}
+    for t in result["tests"]:
+        if t["verdict"] == "strong" and t["kind"] != "unused":
+            c = info[t["claim"]]
+            every = passed.get((tuple(t["nodes"]), c["digit"], c["family"])) == tested.get((c["digit"], c["family"]))
+            whole = every and c["family"] in ("add", "sub", "neg")
+            kinds[(tuple(t["nodes"]), t["claim"])] = "combiner" if whole else "specific"
+    return kinds
+
+
+def _node_purposes(result, tags):
+    """{node name: {is_mlp, strong, pairs, weak, kinds, category, attends}} for every useful node.
+    category: 'specific' (a specific purpose alone), 'combiner' (only combiner purposes alone), 'pair'
+    (a purpose only together with another node), 'weak' or 'none'."""
+    kinds, out = _kinds(result), {}
+    for nd, tg in tags.items():
+        att = [tuple(int(v) for v in a.split("=")) for a in tag_values(tg, "Attn")]
+        out[nd.name] = {"is_mlp": nd.is_mlp, "position": nd.position, "layer": nd.layer, "strong": [], "pairs": [],
+                        "weak": [], "kinds": {}, "attends": [list(a) for a in att]}
+    for t in result["tests"]:
+        if t["kind"] not in ("useful", "pair") or t["verdict"] not in ("strong", "weak"):
+            continue
+        for name in t["nodes"]:
+            e = out[name]
+            if t["verdict"] == "weak":
+                e["weak"].append(t["claim"])
+            elif len(t["nodes"]) == 1:
+                e["strong"].append(t["claim"])
+                e["kinds"][t["claim"]] = kinds[(tuple(t["nodes"]), t["claim"])]
+            else:
+                partner = next(x for x in t["nodes"] if x != name)
+                e["pairs"].append([t["claim"], partner, kinds[(tuple(t["nodes"]), t["claim"])]])
+    for e in out.values():
+        e["weak"] = list(dict.fromkeys(e["weak"]))
+        e["category"] = ("specific" if "specific" in e["kinds"].values() else "combiner" if e["strong"]
+                         else "pair" if e["pairs"] else "weak" if e["weak"] else "none")
+    return out
+
+
+def _shares(nodes):
+    """Per kind of node (heads, MLPs): how many useful ones have a strong purpose, by category."""
+    out = {}
+    for kind, is_mlp in (("heads", False), ("MLPs", True)):
+        group = [e for e in nodes.values() if e["is_mlp"] == is_mlp]
+        cats = {c: sum(e["category"] == c for e in group) for c in ("specific", "combiner", "pair", "weak", "none")}
+        strong = cats["specific"] + cats["combiner"] + cats["pair"]
+        out[kind] = {"useful": len(group), "strong": strong, **cats,
+                     "strong_percent": round(100 * strong / max(1, len(group)), 1), "successor_percent": SUCCESSOR[kind]}
+    return out
+
+
+def _controls(tests):
+    """The two controls' counts and rates (%), and the highest share of pairs any control test reached."""
+    unused = [t for t in tests if t["kind"] == "unused"]
+    passed = [t for t in tests if t["kind"] != "unused" and t["verdict"] in ("strong", "weak", "decoy")]
+    fp = sum(t["verdict"] in ("strong", "weak") for t in unused)
+    decoy = sum(t["verdict"] == "decoy" for t in passed)
+    share = lambda k, t: t[k] / max(1, t["pairs"])  # noqa: E731
+    return {"unused": {"tests": len(unused), "passed": fp, "rate": round(100 * fp / max(1, len(unused)), 2),
+                       "max_share": round(max([share("digit", t) for t in unused], default=0), 3)},
+            "decoy": {"tests": len(passed), "passed": decoy, "rate": round(100 * decoy / max(1, len(passed)), 2),
+                      "max_share": round(max([share("decoy_digit", t) for t in passed], default=0), 3)}}
+
+
+def algo_tags(result):
+    """{Node: tags} from a discovery: 'Algo.A3.SA' (strong alone), 'Algo.A3.SA+P13L0H2' (with a partner at
+    its position), 'AlgoWeak.A3.SA' (weak)."""
     tags = {}
-    for r in rows:
-        for s in r["sets"]:
-            for node in s:
-                tag = f"Algo.{r['digit']}.{r['subtask']}"
-                if tag not in tags.setdefault(tuple(node), []):
-                    tags[tuple(node)].append(tag)
+    for name, e in result["nodes"].items():
+        tg = [f"Algo.{c}" for c in e["strong"]] + [f"Algo.{c}+{p.replace('.', '')}" for c, p, _ in e["pairs"]]
+        tags[Node.parse(name)] = tg + [f"AlgoWeak.{c}" for c in e["weak"]]
     return tags
 
+# ----------------------------------------------------------------------------- the report's text
 
-def _set_name(nodes, row, n_heads):
-    """'P12.L0.H1' for one node; 'P13.L0.H0 (51) + P13.L0.H2 (6)' for a pair, with the pairs each moves alone."""
-    if len(nodes) == 1:
-        return node_name(nodes[0], n_heads)
-    return " + ".join(f"{node_name(x, n_heads)} ({row['alone'][tuple(x)]})" for x in nodes)
+DEFINITIONS = (
+    "**How to read this.** An *interchange intervention* runs a *store* question, copies one node's activation "
+    "(a head's output z, or an MLP's hidden activation, at its position) into the run of an *alter* question, and "
+    "reads the answer. Each *store/alter pair* differs only in the digits one sub-task reads; every other digit is "
+    "random. Sub-tasks of answer digit A_k (k = 0 is the units digit): **SA** base add (D_k + D'_k) % 10; **SC** the "
+    "carry column k-1 makes (D + D' >= 10); **SS** column k-1 sums to 9, so a carry from below passes through it; "
+    "**ST** the carry that reaches A_k from the columns below through a sum-9 column k-1 (the TriAdd cascade of "
+    "TriCase states: 8 no carry, 9 passes one on, 10 makes one); **ST(Dj)** the TriCase state of column j alone, "
+    "passed up through sum-9 columns. For subtraction with D >= D' the same are **MD** difference, **MB** borrow, "
+    "**MZ** equal digits, **MT** borrow cascade; for negative answers **ND, NB, NZ, NT** on D' - D; **SGN** is the "
+    "answer's sign (for a digit: whether it is computed as MD or as ND) and **OPR** the operator. A test is *strong* when the patched answer equals the framework's "
+    "prediction exactly (the alter's answer with A_k recomputed from the store's sub-task) on at least {tau:.0f}% "
+    "of the pairs, *weak* when A_k becomes the predicted digit that often but other answer digits move too (for "
+    "ST(Dj) the prediction may also change every digit the cascade reaches; for OPR, A_k may follow the other operator with the store's sign or with the alter's). A node's purpose is *specific* when "
+    "it carries some of its digit's sub-tasks (SA, SC, SS, ST or the M/N ones) and fails the others, a "
+    "*combiner* when it carries all of them. Alternatives are written with *or*: each node passes on its own.")
 
 
-def table(rows, n_heads, shown=4) -> str:
-    """The markdown table 'digit | sub-task | node(s) | tests passed' (at most `shown` sets a row)."""
-    lines = ["| digit | sub-task | node(s) | tests passed |", "|---|---|---|---|"]
-    for r in rows:
-        if r["sets"]:
-            found = ", ".join(_set_name(s, r, n_heads) for s in r["sets"][:shown])
-            found += f" (+{len(r['sets']) - shown} more sets)" if len(r["sets"]) > shown else ""
-            lines.append(f"| {r['digit']} | {r['subtask']} | {found} | {r['passed']}/{r['total']} |")
-        else:
-            best = " + ".join(node_name(x, n_heads) for x in r["best"]) or "-"
-            why = f"best: {best}" if r["total"] >= 20 else "too few pairs the model answers right"
-            lines.append(f"| {r['digit']} | {r['subtask']} | none ({why}) | "
-                         f"{r['best_passed']}/{r['total']} |")
-    return "\n".join(lines)
+def _tail(p, n, tau):
+    """P(X >= tau% of n) for X ~ Binomial(n, p): the chance a test with true pass rate p passes."""
+    need = math.ceil(tau * n / 100)
+    return sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(need, n + 1))
+
+
+def _names(sets, kinds=None):
+    """['P12.L0.H0 (specific)', ...] joined with ' or ': each entry is a separate passing set."""
+    return " or ".join(" + ".join(s) + (f" ({kinds[tuple(s)]})" if kinds else "") for s in sets) or "-"
+
+
+def discovery_markdown(result, cfg, figure=None) -> str:
+    """The discovery as markdown: definitions, shares, controls, the drawn algorithm (the PNG `figure`, if
+    given), a table per answer digit, the nodes left without a purpose. `cfg` is the model's Config."""
+    tau, sh, ctl = 100 * result["threshold"], result["shares"], result["controls"]
+    top = max(ctl["unused"]["max_share"], ctl["decoy"]["max_share"])
+    lines = ["## The algorithm, verified by interventions", "",
+             f"Purpose found for **{sh['heads']['strong']} of {sh['heads']['useful']} useful heads "
+             f"({sh['heads']['strong_percent']:.0f}%)** and **{sh['MLPs']['strong']} of {sh['MLPs']['useful']} useful "
+             f"MLPs ({sh['MLPs']['strong_percent']:.0f}%)**, each by a strong test that its controls fail "
+             f"(the successor library's search reached {SUCCESSOR['heads']}% of heads and {SUCCESSOR['MLPs']}% of "
+             f"MLPs on its mixed model). {len(result['tests'])} tests on {sum(c['tested'] for c in result['claims'])} "
+             f"claims in {result['seconds']:.0f} s ({result['cpu_seconds']:.0f} s CPU).", "",
+             DEFINITIONS.format(tau=tau), ""] + ([f"![the verified algorithm]({figure})", ""] if figure else []) + [
+             "| useful nodes | count | strong purpose (alone or in a pair) | specific alone | combiner alone | "
+             "only in a pair | weak only | none |", "|---|---|---|---|---|---|---|---|"]
+    for kind, s in sh.items():
+        lines.append(f"| {kind} | {s['useful']} | {s['strong']} ({s['strong_percent']:.0f}%) | {s['specific']} | "
+                     f"{s['combiner']} | {s['pair']} | {s['weak']} | {s['none']} |")
+    lines += ["", f"**Controls** (a claim counts only if it passes at >= {tau:.0f}% of pairs and its controls fail): "
+              "*unused nodes* are nodes at the same positions whose ablation breaks nothing, put through the same "
+              "tests; *decoy stores* patch each passing node from a store that keeps the claimed sub-task's digits "
+              "and re-draws the rest, so it carries other sub-tasks but not the claimed one.", "",
+              "| control | tests | passed (false positives) | rate | highest share of pairs reached |", "|---|---|---|---|---|",
+              f"| unused nodes | {ctl['unused']['tests']} | {ctl['unused']['passed']} | {ctl['unused']['rate']:.1f}% | "
+              f"{100 * ctl['unused']['max_share']:.0f}% |",
+              f"| decoy stores | {ctl['decoy']['tests']} | {ctl['decoy']['passed']} | {ctl['decoy']['rate']:.1f}% | "
+              f"{100 * ctl['decoy']['max_share']:.0f}% |", "",
+              f"The threshold of {tau:.0f}% lies {tau - 100 * top:.0f} points above the highest share of pairs any "
+              f"control test reached ({100 * top:.0f}%): on 100 pairs, a node whose true rate were that high would "
+              f"reach the threshold by chance with a binomial probability of {_tail(top, result['pairs_per_claim'], tau):.0e}.", ""]
+    kinds = {k: v for k, v in _kinds(result).items()}
+    by = {}
+    for t in result["tests"]:
+        if t["kind"] in ("useful", "pair") and t["verdict"] in ("strong", "weak"):
+            by.setdefault((t["claim"], t["verdict"], len(t["nodes"]) > 1), []).append(t["nodes"])
+    for k in sorted({c["digit"] for c in result["claims"]}, reverse=True):
+        label = "the sign" if k == result["n_digits"] + 1 else f"A{k}"
+        lines += [f"### Answer digit {label} (predicted at position {answer_position(k, result['n_digits'])})", "",
+                  "| sub-task | pairs | strong, one node | strong, two nodes together | weak |", "|---|---|---|---|---|"]
+        for c in [c for c in result["claims"] if c["digit"] == k]:
+            if not c["tested"]:
+                lines.append(f"| {c['claim'].split('.', 1)[1]} | {c['pairs']} | not tested (too few pairs) | | |")
+                continue
+            one = by.get((c["claim"], "strong", False), [])
+            lines.append(f"| {c['claim'].split('.', 1)[1]} | {c['pairs']} | "
+                         f"{_names(one, {tuple(s): kinds[(tuple(s), c['claim'])] for s in one})} | "
+                         f"{_names(by.get((c['claim'], 'strong', True), []))} | "
+                         f"{_names(by.get((c['claim'], 'weak', False), []) + by.get((c['claim'], 'weak', True), []))} |")
+        lines.append("")
+    lost = [(n, e) for n, e in result["nodes"].items() if e["category"] in ("weak", "none")]
+    if lost:
+        best = {}
+        for t in result["tests"]:
+            if t["kind"] == "useful" and (t["nodes"][0] not in best or t["strong"] / t["pairs"] > best[t["nodes"][0]][1]):
+                best[t["nodes"][0]] = (t["claim"], t["strong"] / t["pairs"])
+        lines.append("Useful nodes without a strong purpose (their best single test): " + "; ".join(
+            f"{n} ({best[n][0]}: {100 * best[n][1]:.0f}%)" if n in best else n for n, _ in lost) + ".")
+    return "\n".join(lines) + "\n"

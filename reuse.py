@@ -33,9 +33,7 @@ than the source, 80% subtraction batches (the paper), 3x the source's steps, and
 size, weight decay and short-operand share (data.shorten; 0 with a paper preset). Left out on purpose:
 the successor library's modes 4 and 5, and inserting two models into one.
 """
-import json
 import os
-import re
 import sys
 from dataclasses import asdict, replace
 
@@ -43,8 +41,9 @@ import torch
 
 import evaluate
 import train
+from analyse import Node, read_nodes
 from model import CheckpointError, Config, Transformer, load_model, pick_device
-from reuse_nodes import inserted_node_usage, node_name, usage_table, useful_source_heads
+from reuse_nodes import inserted_node_usage, usage_table, useful_source_heads
 
 PREFIX = {"init": "ins1_", "freeze-useful": "ins2_", "freeze-all": "ins3_"}
 PER_HEAD = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")  # attention tensors indexed by head first
@@ -147,33 +146,6 @@ class Freezer:
             for p, idx, value in self.slices:
                 p[idx] = value
 
-
-def read_nodes(path, src_cfg: Config):
-    """Useful source heads {(layer, head)} from a node list: the reference's `_tags.json` entries
-    {"layer", "head", ...} (head == n_heads is the MLP), successor-style {"layer", "is_head", "num"},
-    or names like "P14L0H1"; optionally under a "nodes" key. MLP entries are ignored (heads only)."""
-    try:
-        with open(path) as f:
-            entries = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the node list ({type(e).__name__})") from None
-    entries = entries.get("nodes", entries) if isinstance(entries, dict) else entries
-    heads = set()
-    for e in entries if isinstance(entries, list) else [None]:
-        if isinstance(e, str) and re.search(r"L(\d+)(H(\d+)|M)", e):
-            m = re.search(r"L(\d+)(H(\d+)|M)", e)
-            layer, head = int(m[1]), int(m[3]) if m[3] else src_cfg.n_heads
-        elif isinstance(e, dict) and "layer" in e and ("head" in e or "num" in e):
-            layer = e["layer"]
-            head = e["head"] if "head" in e else (e["num"] if e.get("is_head", True) else src_cfg.n_heads)
-        else:
-            raise ValueError(f"{path}: not a node list (expected entries like {{\"layer\": 0, \"head\": 1}})")
-        if not (isinstance(layer, int) and isinstance(head, int) and 0 <= layer < src_cfg.n_layers
-                and 0 <= head <= src_cfg.n_heads):
-            raise ValueError(f"{path}: node layer {layer} head {head} is not in the source model")
-        if head < src_cfg.n_heads:
-            heads.add((layer, head))
-    return heads
 
 # ----------------------------------------------------------------------------- grow and train
 
@@ -363,10 +335,11 @@ def main(argv=None):
     heads = ()
     if mode == "freeze-useful":
         try:
-            heads = read_nodes(args.nodes, src.cfg) if args.nodes else useful_source_heads(src, progress=not args.no_progress)
+            heads = ({(nd.layer, nd.head) for nd in read_nodes(args.nodes, src.cfg) if not nd.is_mlp} if args.nodes
+                     else useful_source_heads(src, progress=not args.no_progress))
         except ValueError as e:
             p.error(str(e))
-        print("useful source heads kept as inserted:", " ".join(node_name(*n) for n in sorted(heads)) or "none")
+        print("useful source heads kept as inserted:", " ".join(Node(0, *n).component for n in sorted(heads)) or "none")
     if args.compare:
         compare(src, cfg, tc, mode, args, heads, device)
         return 0

@@ -1,144 +1,123 @@
 """
-Which nodes of a model an operation still needs, by mean ablation: reuse.py's report of what the inserted
-addition heads and MLPs do after training on add + sub (the paper's "shared" nodes).
+Which operations still need each node of a model, by mean ablation: which inserted addition heads and
+MLPs a grown add-and-subtract model still uses for addition, for subtraction with a positive answer and
+for subtraction with a negative one ("shared" when several), as in "Increasing Trust in Language Models
+through the Reuse of Verified Circuits" (the section on the reused addition circuits).
 
-    from reuse_nodes import inserted_node_usage, usage_table
-    rows, base = inserted_node_usage(model, src_cfg, layers_offset=0)
-    print(usage_table(rows, base))
+    python reuse_nodes.py checkpoints/ins1_mix_d6_l3_h4_t1.5K_s1.pt              # every head and MLP
+    python reuse_nodes.py checkpoints/ins1_mix_d6_l3_h4_t1.5K_s1.pt --layers 0 1 --min-correct 50
 
-A node is a head (layer, h) or an MLP (layer, None) at one position. Each is replaced by its per-layer mean
-over the questions (SPEC decision 4), one node and position at a time, and a question fails when any
-answer token changes. The question sets are addition, subtraction with answer >= 0 and with answer < 0.
-When analyse.py (issue 4) is there, its `ablate_nodes` and `layer_means` do the ablation; otherwise the
-minimal hook here does. Left out on purpose: the reference's tags (impact strings, complexity classes, attention):
-they are analyse.py's job; this file only answers "which operation needs this node".
+A node here is a head or an MLP of one layer, ablated at one position at a time (every position that can
+affect an answer) with analyse.py's per-layer means and hook. The questions are analyse.py's varied set,
+split into addition, subtraction with answer >= 0 and with answer < 0. A node serves a set when its
+ablation makes at least one of the set's correctly answered questions wrong (any answer token changes,
+the reference notebook's threshold); a set with fewer than `min_correct` correct answers gives no role
+(a share of 1 or 2 correct answers proves nothing). Left out on purpose: the reference's tags (impact
+strings, complexity classes, attention): they are analyse.py's job; this file only answers "which
+operation needs this node".
 """
-from functools import partial
+import sys
 
 import torch
 from tqdm import tqdm
 
-import data
+import train
+from analyse import Node, ablate_nodes, failures, layer_means, operation_classes, question_sets
 from model import Config
 
 
-def question_sets(n_digits, n_questions, gen, ops=("add", "sub", "neg")):
-    """{add, sub (answer >= 0), neg (answer < 0)}: n_questions fresh questions each, drawn in batches of 32
-    so that, as in training, some batches are enriched and some are not (one coin per batch)."""
-    sets = {}
-    if "add" in ops:
-        sets["add"] = torch.cat([data.random_batch("add", n_digits, 32, gen) for _ in range(-(-n_questions // 32))])
-        sets["add"] = sets["add"][:n_questions]
-    if "sub" in ops or "neg" in ops:
-        pos, neg = [], []
-        while sum(map(len, pos)) < n_questions or sum(map(len, neg)) < n_questions:
-            t = data.random_batch("sub", n_digits, 32, gen)
-            is_neg = t[:, 2 * n_digits + 2] == data.MINUS
-            pos.append(t[~is_neg])
-            neg.append(t[is_neg])
-        sets.update(sub=torch.cat(pos)[:n_questions], neg=torch.cat(neg)[:n_questions])
-    return {k: v for k, v in sets.items() if k in ops}
-
-
-def _correct(logits, tokens, n_digits):
-    return (logits[:, data.logit_slice(n_digits)].argmax(-1) == tokens[:, data.answer_slice(n_digits)]).all(1)
-
-
-def _mean_ablate(mean, pos, head, x, hook):
-    """Replace one node's activation at one position by its mean: hook_z (B,P,H,D) or hook_post (B,P,M)."""
-    x = x.clone()
-    if head is None:
-        x[:, pos] = mean[pos]
-    else:
-        x[:, pos, head] = mean[pos, head]
-    return x
-
-
-def _analyse():
-    """analyse.py's ablation (issue 4) when it is there: the same per-layer means, one hook for every node."""
-    try:
-        import analyse
-    except ImportError:
-        return None
-    return analyse if all(hasattr(analyse, f) for f in ("ablate_nodes", "layer_means", "failures")) else None
-
-
 @torch.inference_mode()
-def node_failures(model, n_digits, nodes, sets, progress=True, use_analyse=True):
-    """Mean-ablate each node (layer, head; head None = the MLP) at each position that can affect an answer,
-    one at a time, with per-layer means over all `sets` questions (SPEC decision 4); through analyse.py's
-    `ablate_nodes` when it is there (and use_analyse), else with the minimal hook here. Returns
-    ({node: {set: [share of the set's correctly answered questions that fail, per position]}},
-     {set: accuracy without ablation})."""
-    tokens = torch.cat(list(sets.values()))
-    owner = torch.cat([torch.full((len(t),), i) for i, t in enumerate(sets.values())])
-    ok0 = _correct(model(tokens), tokens, n_digits)
-    base = {k: ok0[owner == i].float().mean().item() for i, k in enumerate(sets)}
-    positions = range(3 * n_digits + 3)  # the last token predicts nothing
-    an = _analyse() if use_analyse else None
-    if an is not None:
-        means = an.layer_means(model, tokens)
-        H = model.cfg.n_heads  # analyse's nodes: {"position", "layer", "head"}, head == n_heads the MLP
-
-        def broken(layer, head, p):
-            node = dict(position=p, layer=layer, head=H if head is None else head)
-            return an.ablate_nodes(model, tokens, [node], means).wrong.any(1)
-    else:
-        names = {(l, h): f"blocks.{l}.mlp.hook_post" if h is None else f"blocks.{l}.attn.hook_z" for l, h in nodes}
-        _, cache = model.run_with_cache(tokens, names=sorted(set(names.values())))
-        means = {k: v.mean(0) for k, v in cache.items()}  # (P, H, D) or (P, M)
-
-        def broken(layer, head, p):
-            name = names[(layer, head)]
-            logits = model.run_with_hooks(tokens, [(name, partial(_mean_ablate, means[name], p, head))])
-            return ~_correct(logits, tokens, n_digits)
+def node_failures(model, task, components, n_questions=300, seed=0, progress=True):
+    """Mean-ablate each component (layer, head; head None = the MLP) at each position that can affect an
+    answer, one at a time, over the varied set of `task` (n_questions random and as many enriched per
+    operation, besides the named sets), split by operation_classes. Returns
+    ({(layer, head): {set: [questions broken, per position]}}, {set: questions answered correctly},
+     {set: questions})."""
+    n = model.cfg.n_digits
+    tokens = torch.cat(list(question_sets(task, n, torch.Generator().manual_seed(seed), n_questions).values()))
+    sets = operation_classes(tokens, n)                           # {set: (B,) bool}
+    ok = ~failures(model, tokens, n).wrong.any(1)                 # (B,) every answer token right
+    means = layer_means(model, tokens)
     out = {}
-    for layer, head in tqdm(nodes, desc="node ablation", disable=not progress):
-        fails = torch.stack([ok0 & broken(layer, head, p) for p in positions])  # (positions, B)
-        out[(layer, head)] = {k: [(fails[p] & (owner == i)).sum().item() / max(1, (ok0 & (owner == i)).sum().item())
-                                  for p in positions] for i, k in enumerate(sets)}
-    return out, base
+    for layer, head in tqdm(components, desc="node ablation", disable=not progress):
+        broken = torch.stack([ok & ablate_nodes(model, tokens, [Node(p, layer, head)], means).wrong.any(1)
+                              for p in range(3 * n + 3)])         # (positions, B); the last token predicts nothing
+        out[(layer, head)] = {k: (broken & mask).sum(1).tolist() for k, mask in sets.items()}
+    return out, {k: int((ok & mask).sum()) for k, mask in sets.items()}, {k: int(mask.sum()) for k, mask in sets.items()}
 
 
-def node_name(layer, head):
-    return f"L{layer}{'MLP' if head is None else f'H{head}'}"
+def node_usage(model, task, components, n_questions=300, seed=0, min_correct=20, progress=True):
+    """Rows {node ('L1H0'), layer, head, role, serves, broken {set: most questions broken at one position},
+    max_fail {set: that as a share of the set's correct answers}, positions {set: positions that break it}}
+    and the baseline {set: accuracy}, {set: correct answers}. role: add, sub, neg, shared (two or more)
+    or unused; sets with fewer than `min_correct` correct answers are not counted."""
+    fails, correct, total = node_failures(model, task, components, n_questions, seed, progress)
+    rows = []
+    for (layer, head), per_set in fails.items():
+        serves = [k for k, f in per_set.items() if max(f) > 0 and correct[k] >= min_correct]
+        role = serves[0] if len(serves) == 1 else "shared" if serves else "unused"
+        rows.append(dict(node=Node(0, layer, head).component, layer=layer, head=head, role=role, serves=serves,
+                         broken={k: max(f) for k, f in per_set.items()},
+                         max_fail={k: max(f) / max(1, correct[k]) for k, f in per_set.items()},
+                         positions={k: [p for p, v in enumerate(f) if v > 0] for k, f in per_set.items()}))
+    return rows, {k: correct[k] / total[k] for k in total}, correct
 
 
 def inserted_node_usage(model, src_cfg: Config, layers_offset: int, n_questions=300, seed=0, progress=True,
-                        use_analyse=True):
-    """For every inserted node (the source's heads and MLPs, at their new layers): which operations still
-    need it after training. A node serves a set when mean-ablating it at some position makes at least one
-    correctly answered question of that set wrong (the reference's threshold). role: add, sub, neg,
-    shared (two or more) or unused. Returns (rows, baseline accuracy per set)."""
-    gen = torch.Generator().manual_seed(seed + 2_000_003)
-    sets = question_sets(src_cfg.n_digits, n_questions, gen)
-    nodes = [(layers_offset + i, h) for i in range(src_cfg.n_layers) for h in [*range(src_cfg.n_heads), None]]
-    fails, base = node_failures(model, src_cfg.n_digits, nodes, sets, progress, use_analyse)
-    rows = []
-    for (layer, head), per_set in fails.items():
-        serves = [k for k, f in per_set.items() if max(f) > 0]
-        role = serves[0] if len(serves) == 1 else "shared" if serves else "unused"
-        rows.append(dict(node=node_name(layer, head), layer=layer, head=head, role=role, serves=serves,
-                         max_fail={k: max(f) for k, f in per_set.items()},
-                         positions={k: [p for p, v in enumerate(f) if v > 0] for k, f in per_set.items()}))
+                        min_correct=20):
+    """node_usage of the inserted nodes (the source's heads and MLPs, at their new layers) of a grown
+    add-and-subtract model. Returns (rows, baseline accuracy per set)."""
+    components = [(layers_offset + i, h) for i in range(src_cfg.n_layers) for h in [*range(src_cfg.n_heads), None]]
+    rows, base, _ = node_usage(model, "mix", components, n_questions, seed + 2_000_003, min_correct, progress)
     return rows, base
 
 
-def usage_table(rows, base) -> str:
+def usage_table(rows, base, correct=None) -> str:
+    """A text table: per node and set, the questions broken at the worst position (count and % of the
+    set's correct answers), the role, and the positions whose ablation breaks something."""
     sets = list(base)
-    lines = [f"{'node':<8}" + "".join(f"{k + ' fail':>11}" for k in sets) + "  role     positions (P) where ablation breaks it",
-             f"{'(none)':<8}" + "".join(f"{f'acc {100 * base[k]:.1f}%':>11}" for k in sets)]
+    lines = [f"{'node':<8}" + "".join(f"{k + ' broken':>18}" for k in sets) + "  role     positions (P) where ablation breaks it",
+             f"{'(none)':<8}" + "".join(f"{f'acc {100 * base[k]:.1f}%' + (f' ({correct[k]})' if correct else ''):>18}"
+                                        for k in sets)]
     for r in rows:
         pos = sorted({p for v in r["positions"].values() for p in v})
-        lines.append(f"{r['node']:<8}" + "".join(f"{100 * r['max_fail'][k]:>10.1f}%" for k in sets)
+        lines.append(f"{r['node']:<8}" + "".join(f"{r['broken'][k]:>9} ({100 * r['max_fail'][k]:5.1f}%)" for k in sets)
                      + f"  {r['role']:<8} {' '.join(map(str, pos)) or '-'}")
     return "\n".join(lines)
 
 
 def useful_source_heads(src, n_questions=300, seed=0, progress=True):
-    """The source's heads whose ablation (at some position) breaks an addition answer: freeze-useful's
-    default when no --nodes file is given."""
-    sets = question_sets(src.cfg.n_digits, n_questions, torch.Generator().manual_seed(seed + 2_000_003), ("add",))
-    nodes = [(l, h) for l in range(src.cfg.n_layers) for h in range(src.cfg.n_heads)]
-    fails, _ = node_failures(src, src.cfg.n_digits, nodes, sets, progress)
-    return {node for node, f in fails.items() if max(f["add"]) > 0}
+    """The source's heads {(layer, head)} whose ablation (at some position) breaks an addition answer:
+    freeze-useful's default when no --nodes file is given."""
+    components = [(layer, h) for layer in range(src.cfg.n_layers) for h in range(src.cfg.n_heads)]
+    fails, _, _ = node_failures(src, "add", components, n_questions, seed + 2_000_003, progress)
+    return {c for c, f in fails.items() if max(f["add"]) > 0}
+
+
+def main(argv=None):
+    p = train.Parser(prog="reuse_nodes.py", description="Which operations (addition, subtraction with answer "
+                     ">= 0, < 0) still need each head and MLP of a model, by mean ablation.")
+    p.add_argument("checkpoint", help="a .pt written by train.py or reuse.py")
+    p.add_argument("--layers", type=int, nargs="+", help="only these layers (default: every layer)")
+    p.add_argument("--questions", type=train.positive(int), default=300,
+                   help="random and enriched questions per operation in the varied set (default 300)")
+    p.add_argument("--min-correct", type=int, default=20,
+                   help="correct answers a set needs before it can give a node a role (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the questions (default 0)")
+    p.add_argument("--task", choices=["add", "sub", "mix"], help="the model's task (default: what the checkpoint says)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    args = p.parse_args(argv)
+    model, _, task = train.open_checkpoint(p, args.checkpoint, args.task)
+    cfg = model.cfg
+    if args.layers and not all(0 <= layer < cfg.n_layers for layer in args.layers):
+        p.error(f"--layers must be between 0 and {cfg.n_layers - 1} for this {cfg.n_layers}-layer model")
+    train.set_threads(cfg)
+    components = [(layer, h) for layer in (args.layers or range(cfg.n_layers)) for h in [*range(cfg.n_heads), None]]
+    rows, base, correct = node_usage(model, task, components, args.questions, args.seed, args.min_correct,
+                                     not args.no_progress)
+    print(usage_table(rows, base, correct))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

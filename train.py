@@ -362,7 +362,7 @@ def open_checkpoint(p, path, task=None, device="cpu"):
     if found is None:
         p.error(f"{path}: the checkpoint does not say its task: give --task add, sub or mix")
     if task and task != found:
-        p.error(f"{path}: is a {found} model, not {task}")
+        p.error(f"{path}: is {'an' if found == 'add' else 'a'} {found} model, not {task}")
     return model, info, found
 
 

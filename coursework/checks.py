@@ -146,7 +146,7 @@ def check_2(fn):
 
 @graded
 def check_3(fn):
-    """Exercise 3, fn(logits (B, P, V), tokens (B, P), n) -> (B, n+2) NLL: against train.answer_nll."""
+    """Exercise 3, fn(logits (B, P, V), tokens (B, P), n) -> (B, n+2) NLL: against evaluate.answer_nll."""
     model = model_at(TINY)
     n = model.cfg.n_digits
     g = torch.Generator().manual_seed(3)

@@ -72,7 +72,5 @@ def ex9_grow(src, n_layers, n_heads):
 def ex10_carry_node(model, n_pairs=40, seed=0):
     """The search interventions.discover runs for every claim, run for one: sub-task ST of digit A5."""
     k, n = 5, model.cfg.n_digits
-    store, alter, want = iv.claim_pairs(model, "ST", k, n_pairs, torch.Generator().manual_seed(seed))
     candidates = [c for c in iv.all_nodes(model.cfg) if c[0] <= 3 * n + 2 - k]  # nodes that can reach A5
-    sets, (best, _), _ = iv._search_one(model, store, alter, want, k, candidates, max_movers=24)
-    return (sets or [best])[0]
+    return iv.search_claim(model, "ST", k, candidates, n_pairs, seed)[0][0]
