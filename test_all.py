@@ -725,17 +725,22 @@ def _wrong_implementations():
             ("off-by-one prediction position", lambda lg, t, n: evaluate.answer_nll(lg[:, sl(n)], t, n))],
         4: [("sum-9 columns counted anywhere", nines_anywhere)],
         5: [("negative answers graded as M classes", complexity_without_n)],
-        6: [("zero-ablation where the mean is asked", lambda m, t, means, p, l, h: analyse.ablate_nodes(
-                m, t, [dict(position=p, layer=l, head=h)], means, kind="zero").wrong)],
+        6: [("zero-ablation where the mean is asked", lambda m, t, means, node: analyse.ablate_nodes(
+                m, t, [node], means, kind="zero").wrong),
+            ("the MLP ablated instead of the head", lambda m, t, means, node: analyse.ablate_nodes(
+                m, t, [node._replace(head=None)], means).wrong)],
         7: [("PCA without centring", pca_uncentred)],
         8: [("patch one position too early", lambda m, s, a, nodes: iv.intervene(
-                m, s, a, [[(p - 1, l, h) for p, l, h in nodes]])[0]),
+                m, s, a, [[x._replace(position=x.position - 1) for x in nodes]])[0]),
             ("no patch at all", lambda m, s, a, nodes: m(a)[:, data.logit_slice(m.cfg.n_digits)].argmax(-1))],
         9: [("new heads not zeroed", lambda src, L, H: reuse.grow(
                 src, replace(src.cfg, n_layers=L, n_heads=H), preserve=False)[0].eval())],
-        10: [("an unrelated node", lambda m: (0, 0, 0)),
-             ("every node at the position predicting A5", lambda m: [  # 3n+2-5: the position before A5
-                 x for x in iv.all_nodes(m.cfg) if x[0] == 3 * m.cfg.n_digits - 3])],
+        10: [("an unrelated node", lambda m: analyse.Node(0, 0, 0)),
+             ("an unrelated node as a plain tuple", lambda m: (0, 0, None)),
+             ("every node at the position predicting A5", lambda m: [
+                 x for x in iv.all_nodes(m.cfg) if x.position == iv.answer_position(5, m.cfg.n_digits)]),
+             ("an MLP written the old way, head == n_heads", lambda m: [(iv.answer_position(5, m.cfg.n_digits), 1,
+                                                                        m.cfg.n_heads)])],
     }
 
 

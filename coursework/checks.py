@@ -20,7 +20,7 @@ import analyse
 import data
 import evaluate
 import interventions as iv
-import train
+from analyse import Node
 from coursework import solutions as ref
 from model import Config, Transformer, load_model
 
@@ -217,7 +217,7 @@ def check_5(fn):
 
 @graded
 def check_6(fn):
-    """Exercise 6, fn(model, tokens, means, position, layer, head) -> (B, n+2) bool wrong: every head, position."""
+    """Exercise 6, fn(model, tokens, means, node) -> (B, n+2) bool wrong: every head Node at every position."""
     model = model_at(TINY)
     n, H = model.cfg.n_digits, model.cfg.n_heads
     toks = analyse.varied_questions("add", n, torch.Generator().manual_seed(6), size=128)
@@ -227,15 +227,15 @@ def check_6(fn):
     for pos in range(data.logit_slice(n).start, data.logit_slice(n).stop):
         for layer in range(model.cfg.n_layers):
             for head in range(H):
-                args = (model, toks, means, pos, layer, head)
+                node = Node(pos, layer, head)
+                args = (model, toks, means, node)
                 got, want = fn(*args), ref.ex6_ablate_head(*args)
-                node = f"P{pos}.L{layer}.H{head}"
-                msg = shape_error(got, want, node) or first_wrong_question(got, want, toks, n, lambda w: (
+                msg = shape_error(got, want, node.name) or first_wrong_question(got, want, toks, n, lambda w: (
                     " ".join(a for a, x in zip(labels, w.tolist()) if x) or "nothing") + " wrong")
                 if msg:
-                    return False, (f"ablating {node}: {msg} (replace only hook_z[:, {pos}, {head}] of layer "
-                                   f"{layer}, by its mean, not zero)")
-                seen.append((-int(want.any(1).sum()), f"{node} breaks " + " ".join(
+                    return False, (f"ablating {node.name}: {msg} (replace only {node.hook_name}[:, {pos}, {head}], "
+                                   "by its mean, not zero)")
+                seen.append((-int(want.any(1).sum()), f"{node.name} breaks " + " ".join(
                     f"{a} ({k})" for a, k in zip(labels, want.sum(0).tolist()) if k)))
     top = "; ".join(s for k, s in sorted(seen)[:3] if k)
     return True, f"same wrong answer tokens as the reference for every head; worst of {len(toks)} questions: {top}"
@@ -274,12 +274,9 @@ def check_7(fn):
     if (fn(X, 3)[1] @ V).abs().diagonal().min() < 0.99:
         return False, "your components are not torch.pca_lowrank's axes"
     read = []  # tri-state: the 3 classes separate in the PC1-PC2 plane; bi-state: two merged vs the third
-    for name, A in heads.items():
-        proj = fn(A, 2)[0]
-        acc3 = algorithm.centroid_accuracy(proj, labels)
-        merged = (torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]))  # 8+9 vs 10 (makes a carry), 8 vs 9+10
-        acc2 = max(algorithm.centroid_accuracy(proj, m[labels]) for m in merged)
-        read.append(f"{name} {acc3:.2f}/{acc2:.2f} {'tri' if acc3 >= 0.95 else 'bi' if acc2 >= 0.95 else 'none'}")
+    for name, A in heads.items():  # your PCA equals the reference's (up to sign), so its labels are the same
+        label, acc3, acc2, _, _ = algorithm.tricase_label(A, labels)
+        read.append(f"{name} {acc3:.2f}/{acc2:.2f} {label}")
     return True, "column 1 tri-case, 3-class/2-class accuracy in PC1-PC2: " + ", ".join(read)
 
 
@@ -287,19 +284,20 @@ def check_7(fn):
 def check_8(fn):
     """Exercise 8, fn(model, store, alter, nodes) -> (B, n+2) predicted answer tokens after the patch."""
     model = model_at(TINY)
-    n, H = model.cfg.n_digits, model.cfg.n_heads
+    n = model.cfg.n_digits
     store, alter, want = iv.claim_pairs(model, "SA", 1, 60, torch.Generator().manual_seed(8))
-    last = 3 * n + 2 - 1  # the position that predicts A1
-    every = [node for node in iv.all_nodes(model.cfg) if node[0] == last]
-    claims = [every, [(last, 1, H)], [(last, 0, 0), (last - 1, 0, 1)], [(last - 1, 1, H)], [(0, 0, 0)]]
+    last = iv.answer_position(1, n)  # the position that predicts A1
+    every = [node for node in iv.all_nodes(model.cfg) if node.position == last]
+    claims = [every, [Node(last, 1, None)], [Node(last, 0, 0), Node(last - 1, 0, 1)], [Node(last - 1, 1, None)],
+              [Node(0, 0, 0)]]
     for nodes in claims:
         got, exp = fn(model, store, alter, nodes), ref.ex8_patch(model, store, alter, nodes)
-        names = " + ".join(iv.node_name(x, H) for x in nodes)
+        names = " + ".join(x.name for x in nodes)
         msg = shape_error(got, exp, names) or first_wrong_question(got, exp, alter, n, data.decode)
         if msg:
             return False, (f"patching {names}: {msg} (copy the store's hook_z[:, position, head] or "
                            "hook_post[:, position] into the alter run at the same position)")
-    ok = [int((fn(model, store, alter, c) == want).all(1).sum()) for c in (every, [(0, 0, 0)])]
+    ok = [int((fn(model, store, alter, c) == want).all(1).sum()) for c in (every, [Node(0, 0, 0)])]
     if ok[0] != len(alter) or ok[1] != 0:
         return False, f"the claims gave {ok[0]} and {ok[1]} of {len(alter)} (expected all, then none)"
     return True, (f"'every node at P{last} carries A1's base add' passes {ok[0]}/{len(alter)} pairs; "
@@ -328,19 +326,27 @@ def check_9(fn):
     return True, "grown 3x4, 4x5 and 2x3 models give the source's answer logits on add and sub (to 1e-4)"
 
 
+def inside(node, cfg):
+    """Whether a Node names a head or MLP the model has (ints in range; head None for the MLP)."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in node[:2])
+    head = node.head is None or isinstance(node.head, int) and 0 <= node.head < cfg.n_heads
+    return ints and head and 0 <= node.position < cfg.n_ctx and 0 <= node.layer < cfg.n_layers
+
+
 @graded
 def check_10(fn, checkpoint=ADD_D6, n_pairs=100, min_share=0.9):
-    """Exercise 10, fn(model) -> node(s) that pass the claim 'ST of A5' on >= min_share of n_pairs pairs."""
+    """Exercise 10, fn(model) -> a Node, or a list of at most two, that passes the claim 'ST of A5' on
+    >= min_share of n_pairs pairs (a plain (position, layer, head) tuple is read as a Node)."""
     model = model_at(checkpoint)
-    H = model.cfg.n_heads
-    nodes = fn(model)
-    nodes = [tuple(nodes)] if len(nodes) == 3 and all(isinstance(v, int) for v in nodes) else [tuple(x) for x in nodes]
-    if not 1 <= len(nodes) <= 2 or any(not (0 <= p < model.cfg.n_ctx and 0 <= l < model.cfg.n_layers and 0 <= h <= H)
-                                       for p, l, h in nodes):
-        return False, f"return one node (position, layer, head) or a list of two, inside the model; got {nodes}"
+    got = fn(model)
+    nodes = [got] if isinstance(got, tuple) and got and not isinstance(got[0], tuple) else list(got)
+    nodes = [Node(*x) if isinstance(x, (tuple, list)) and len(x) == 3 else x for x in nodes]
+    if not 1 <= len(nodes) <= 2 or not all(isinstance(x, Node) and inside(x, model.cfg) for x in nodes):
+        return False, ("return one analyse.Node(position, layer, head), head None for the MLP, or a list of two, "
+                       f"inside the model; got {got}")
     store, alter, want = iv.claim_pairs(model, "ST", 5, n_pairs, torch.Generator().manual_seed(10))
     passes, total = iv.test_claim(model, store, alter, want, nodes)
-    names = " + ".join(iv.node_name(x, H) for x in nodes)
+    names = " + ".join(x.name for x in nodes)
     verdict = (f"patching {names} from the store moves A5 as a cascaded carry predicts on {passes}/{total} pairs "
                f"({os.path.basename(checkpoint)})")
     if passes < min_share * total:

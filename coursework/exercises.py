@@ -37,14 +37,16 @@ def ex4_cascade_length(tokens, n_digits):
 
 def ex5_complexity(tokens, n_digits):
     """Addition or subtraction questions (B, P) -> (B,) int64 index into data.COMPLEXITY
-    (S0..S5, M0..M4+, N1..N4+), as defined in data.complexity's docstring and EXERCISES.md."""
+    (S0..S5, M0..M4+, N1..N4+), as defined in data.complexity's docstring and coursework/README.md."""
     raise NotImplementedError
 
 
-def ex6_ablate_head(model, tokens, means, position, layer, head):
-    """Mean-ablate one head at one position: replace hook_z[:, position, head] of `layer` by
-    means[f'blocks.{layer}.attn.hook_z'][position, head] (analyse.layer_means). Returns wrong (B, n+2)
-    bool: which answer tokens (sign, A(n)..A0) the model now gets wrong (argmax != true token)."""
+def ex6_ablate_head(model, tokens, means, node):
+    """Mean-ablate one head at one position. node: an analyse.Node(position, layer, head), e.g.
+    Node(9, 0, 1) = 'P9.L0.H1'. Replace hook_z[:, node.position, node.head] of layer node.layer by
+    means[f'blocks.{node.layer}.attn.hook_z'][node.position, node.head] (analyse.layer_means) in the run of
+    tokens (B, P). Returns wrong (B, n+2) bool: which answer tokens (sign, A(n)..A0) the model now gets
+    wrong (argmax != true token)."""
     raise NotImplementedError
 
 
@@ -55,9 +57,10 @@ def ex7_pca(X, k):
 
 
 def ex8_patch(model, store, alter, nodes):
-    """Interchange intervention: run `alter` (B, P) with the activation of every node (position, layer, head)
-    copied from the run of `store` (B, P), question by question; head == n_heads means the MLP (hook_post),
-    else the head's hook_z. Returns the predicted answer tokens (B, n+2)."""
+    """Interchange intervention: run `alter` (B, P) with the activation of every node in `nodes` (a list of
+    analyse.Node(position, layer, head)) copied from the run of `store` (B, P), question by question: a
+    head's hook_z[:, position, head], or, when head is None, the layer's MLP's hook_post[:, position].
+    Returns the predicted answer tokens (B, n+2)."""
     raise NotImplementedError
 
 
@@ -68,6 +71,6 @@ def ex9_grow(src, n_layers, n_heads):
 
 
 def ex10_carry_node(model):
-    """Open-ended: the node (position, layer, head) -- or a list of at most two -- of the 6-digit addition
-    model that computes the carry cascaded into answer digit A5 (head == n_heads means the MLP)."""
+    """Open-ended: the node -- an analyse.Node(position, layer, head), head None for the layer's MLP -- or a
+    list of at most two, of the 6-digit addition model that computes the carry cascaded into answer digit A5."""
     raise NotImplementedError

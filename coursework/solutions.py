@@ -11,12 +11,11 @@ from dataclasses import replace
 
 import torch
 
-import algorithm
 import analyse
 import data
+import evaluate
 import interventions as iv
 import reuse
-import evaluate
 
 
 def ex1_read_answer(tokens, n_digits):
@@ -51,13 +50,13 @@ def ex5_complexity(tokens, n_digits):
     return data.complexity(tokens, n_digits)
 
 
-def ex6_ablate_head(model, tokens, means, position, layer, head):
-    node = dict(position=position, layer=layer, head=head)
+def ex6_ablate_head(model, tokens, means, node):
+    """analyse.ablate_nodes hooks node.hook_name at node.index with analyse.node_hook, then scores."""
     return analyse.ablate_nodes(model, tokens, [node], means, kind="mean").wrong
 
 
 def ex7_pca(X, k):
-    return algorithm.pca(X, k)
+    return analyse.pca(X, k)
 
 
 def ex8_patch(model, store, alter, nodes):
@@ -70,7 +69,6 @@ def ex9_grow(src, n_layers, n_heads):
 
 
 def ex10_carry_node(model, n_pairs=40, seed=0):
-    """The search interventions.discover runs for every claim, run for one: sub-task ST of digit A5."""
-    k, n = 5, model.cfg.n_digits
-    candidates = [c for c in iv.all_nodes(model.cfg) if c[0] <= 3 * n + 2 - k]  # nodes that can reach A5
-    return iv.search_claim(model, "ST", k, candidates, n_pairs, seed)[0][0]
+    """The search interventions.discover runs for every claim, run for one: sub-task ST of digit A5, every Node
+    at or before the position that predicts A5 alone, then pairs at one position. Returns a list of Nodes."""
+    return iv.search_claim(model, "ST", 5, iv.all_nodes(model.cfg), n_pairs, seed)[0][0]
