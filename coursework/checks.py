@@ -339,7 +339,8 @@ def check_10(fn, checkpoint=ADD_D6, n_pairs=100, min_share=0.9):
     >= min_share of n_pairs pairs (a plain (position, layer, head) tuple is read as a Node)."""
     model = model_at(checkpoint)
     got = fn(model)
-    nodes = [got] if isinstance(got, tuple) and got and not isinstance(got[0], tuple) else list(got)
+    one = not isinstance(got, (tuple, list)) or isinstance(got, tuple) and got and not isinstance(got[0], tuple)
+    nodes = [got] if one else list(got)
     nodes = [Node(*x) if isinstance(x, (tuple, list)) and len(x) == 3 else x for x in nodes]
     if not 1 <= len(nodes) <= 2 or not all(isinstance(x, Node) and inside(x, model.cfg) for x in nodes):
         return False, ("return one analyse.Node(position, layer, head), head None for the MLP, or a list of two, "
