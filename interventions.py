@@ -74,10 +74,11 @@ def store_cache(model, store):
 
 
 @torch.inference_mode()
-def intervene(model, store, alter, node_sets, cache=None, rows=1024):
+def intervene(model, store, alter, node_sets, cache=None, rows=256):
     """Patch each node set (a list of lists of Nodes) from `store` into `alter` questions (both (B, P)).
     Returns predicted answer tokens (len(node_sets), B, n+2). `cache` (store_cache of the store) may be
-    passed instead of `store` to reuse it. About `rows` questions go through one forward pass."""
+    passed instead of `store` to reuse it. About `rows` questions go through one forward pass (on a CPU,
+    batches of 128-256 questions ran 1.7x faster per question than batches of 1024: they stay in cache)."""
     n, B = model.cfg.n_digits, len(alter)
     cache = store_cache(model, store) if cache is None else cache
     chunk, out = max(1, rows // max(B, 1)), []
@@ -129,6 +130,7 @@ class Claim:
               & train.score(model, decoy, n, with_loss=False)[0])
         self.store, self.alter, self.expected, self.chain, self.decoy = store[ok], alter[ok], expected[ok], chain[ok], decoy[ok]
         self.truth = self.alter[:, data.answer_slice(n)]
+        self.caches = {}  # {decoy?: store_cache of the stores or of the decoys}
 
     def __len__(self):
         return len(self.alter)
@@ -136,8 +138,10 @@ class Claim:
     def measure(self, model, sets, rows, decoy=False):
         """Counts over the pairs `rows` (a slice) for each node set: (S, 3) int tensor of
         [exact answers, digit k as predicted, digit k moved from the alter's] (either prediction)."""
-        store = (self.decoy if decoy else self.store)[rows]
-        pred = intervene(model, store, self.alter[rows], sets)                       # (S, b, n+2)
+        if decoy not in self.caches:  # one run of all the stores (or decoys), sliced for each call
+            self.caches[decoy] = store_cache(model, self.decoy if decoy else self.store)
+        cache = {name: act[rows] for name, act in self.caches[decoy].items()}
+        pred = intervene(model, None, self.alter[rows], sets, cache)                 # (S, b, n+2)
         exp, truth, c = self.expected[rows], self.truth[rows], self.col
         alt = self.chain[rows]
         exact = (pred == exp).all(2) | (pred == alt).all(2)                              # (S, b)
