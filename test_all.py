@@ -1319,7 +1319,7 @@ def test_discovery_planted_wrong_claim_fails_and_a_true_one_passes():
     assert r_wrong["verdict"] == "none" and r_wrong["strong"] == 0 and r_wrong["pairs"] == iv.SCREEN
     assert r_right["verdict"] == "strong" and r_right["pairs"] == len(claim)
     # the decoy control can fail: a decoy that carried the sub-task (the store itself) rejects the claim
-    claim.decoy = claim.store
+    claim.decoy, claim.caches = claim.store, {}
     assert iv.run_tests(model, claim, [right], iv.THRESHOLD)[0]["verdict"] == "decoy"
 
 
