@@ -193,3 +193,44 @@ def ask(model, questions, task, batch_size=1024):
         answers += data.decode(tokens[:, data.answer_slice(n)].cpu())
         probs.append(p.cpu())
     return answers, torch.cat(probs)
+
+
+def ask_lines(model, task, questions):
+    """The `--ask` report: each question answered by `ask`, as a line with the verdict of Python's integers
+    (every answer token must match, sign included, as in `verify`), the complexity class and the least
+    confident answer token (sign, A(n)..A0) with its probability. Returns ([(line, bad), ...], status):
+    `bad` marks the one-line message of a bad question; status 0 all right, 1 one wrong, 2 one bad."""
+    n = model.cfg.n_digits
+    parsed = {}
+    for q in questions:
+        try:
+            parsed[q] = parse_question(q, task, n)
+        except ValueError as e:
+            parsed[q] = str(e)
+    good = [q for q in questions if isinstance(parsed[q], tuple)]
+    found = dict(zip(good, zip(*ask(model, good, task))))  # question -> (answer, probs (n+2,))
+    names = ["sign"] + [f"A{i}" for i in range(n, -1, -1)]
+    lines, status = [], 0
+    for q in questions:
+        if not isinstance(parsed[q], tuple):
+            lines.append((parsed[q], True))
+            status = 2
+            continue
+        (a, op, b), (answer, prob) = parsed[q], found[q]
+        tokens = data.make_questions([a], [b], op, n)  # (1, 3n+4) with the true answer
+        want = data.decode(tokens[0, data.answer_slice(n)])  # '+080235'
+        cls = data.COMPLEXITY[data.complexity(tokens, n)[0]]
+        k = int(prob.argmin())
+        sure = f"1 - {1 - prob[k]:.1e}" if prob[k] > 0.999 else f"{prob[k]:.4f}"  # float64: 1 - p is exact enough
+        verdict = "right" if answer == want else f"WRONG, expected {readable(want)}"
+        lines.append((f"{a}{'+' if op == 'add' else '-'}{b} = {readable(answer)}  {verdict}  {cls}  "
+                      f"least sure: {names[k]} = {answer[k]} (p = {sure})", False))
+        status = status or int(answer != want)
+    return lines, status
+
+
+def readable(answer: str) -> str:
+    """An answer as the model writes it, '+080235', shown as a number, '80235'; '-0' and odd token strings
+    ('+0=8023') are shown as they are, since the check compares every token."""
+    sign, digits = answer[0], answer[1:].lstrip("0") or "0"
+    return answer if sign not in "+-" or not digits.isdigit() else ("-" if sign == "-" else "") + digits

@@ -1224,7 +1224,8 @@ def test_ask_cli_answers_reports_and_refuses_bad_questions():
     assert code == 1 and stderr == "", (code, stderr)
     assert stdout.splitlines()[0].startswith("12345+67890 = ") and "WRONG, expected 80235" in stdout
     assert len(stdout.splitlines()) == 2  # the blank line is skipped
-    assert [train.readable(s) for s in ("+080235", "-0530865", "+0000000", "-0000000", "5555555")] == \
+    import evaluate
+    assert [evaluate.readable(s) for s in ("+080235", "-0530865", "+0000000", "-0000000", "5555555")] == \
         ["80235", "-530865", "0", "-0", "5555555"]  # '-0' is not '+0': the check compares every token
     for args in (["--ask", "1+1"], ["--checkpoint", D5_ADDER_6K, "--ask", "1+1", "--digits", "6"],
                  ["--checkpoint", D5_ADDER_6K, "--ask", "1+1", "--task", "sub"]):

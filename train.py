@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import data
 from artefacts import free_name, load_resume, run_name, save_resume, write_outputs
-from evaluate import answer_nll, ask, errors, parse_question, report, verify
+from evaluate import answer_nll, ask_lines, errors, report, verify
 from model import CheckpointError, Config, Transformer, load_model, pick_device
 
 # ----------------------------------------------------------------------------- configurations
@@ -402,53 +402,20 @@ def describe(cfg: Config, tc: TrainConfig, device, n_params) -> str:
 
 
 def ask_checkpoint(args, p, device):
-    """Answer each --ask question by greedy generation (evaluate.ask) and print it with the verdict of
-    Python's integers, its complexity class and its least confident answer token (sign, A(n)..A0).
-    A bad question gets one line on stderr and the rest are still answered.
-    Returns 0 when every answer is right, 1 when one is wrong, 2 when a question was bad."""
+    """--ask: each question answered by generation, one line each (evaluate.ask_lines); a bad question gets
+    one line on stderr. Returns 0 when every answer is right, 1 when one is wrong, 2 when one was bad."""
     if not args.checkpoint:
         p.error("--ask needs --checkpoint CKPT: the model to ask")
     model, info, task = open_checkpoint(p, args.checkpoint, args.task, device)
-    n = model.cfg.n_digits
-    if args.digits is not None and args.digits != n:
-        p.error(f"{args.checkpoint}: is a {n}-digit model, not {args.digits}")
+    if args.digits is not None and args.digits != model.cfg.n_digits:
+        p.error(f"{args.checkpoint}: is a {model.cfg.n_digits}-digit model, not {args.digits}")
     questions = [q for arg in args.ask for q in (sys.stdin.read().splitlines() if arg == "-" else [arg]) if q.strip()]
     if not questions:
         p.error("--ask: no questions given (standard input was empty)")
-    parsed = {}
-    for q in questions:
-        try:
-            parsed[q] = parse_question(q, task, n)
-        except ValueError as e:
-            parsed[q] = str(e)
-    good = [q for q in questions if isinstance(parsed[q], tuple)]
-    answers, probs = ask(model, good, task)  # probs: (len(good), n+2)
-    found = dict(zip(good, zip(answers, probs)))
-    names = ["sign"] + [f"A{i}" for i in range(n, -1, -1)]
-    status = 0
-    for q in questions:
-        if not isinstance(parsed[q], tuple):
-            print(f"{p.prog}: bad question: {parsed[q]}", file=sys.stderr, flush=True)
-            status = 2
-            continue
-        (a, op, b), (answer, prob) = parsed[q], found[q]
-        tokens = data.make_questions([a], [b], op, n)  # (1, 3n+4) with the true answer
-        want = data.decode(tokens[0, data.answer_slice(n)])  # '+080235': every token must match, as in verify
-        cls = data.COMPLEXITY[data.complexity(tokens, n)[0]]
-        k = int(prob.argmin())
-        sure = f"1 - {1 - prob[k]:.1e}" if prob[k] > 0.999 else f"{prob[k]:.4f}"  # float64: 1 - p is exact enough
-        verdict = "right" if answer == want else f"WRONG, expected {readable(want)}"
-        print(f"{a}{'+' if op == 'add' else '-'}{b} = {readable(answer)}  {verdict}  {cls}  "
-              f"least sure: {names[k]} = {answer[k]} (p = {sure})", flush=True)
-        status = status or int(answer != want)
+    lines, status = ask_lines(model, task, questions)
+    for line, bad in lines:
+        print(f"{p.prog}: bad question: {line}" if bad else line, file=sys.stderr if bad else sys.stdout, flush=True)
     return status
-
-
-def readable(answer: str) -> str:
-    """An answer as the model writes it, '+080235', shown as a number, '80235'; '-0' and odd token strings
-    ('+0=8023') are shown as they are, since the check compares every token."""
-    sign, digits = answer[0], answer[1:].lstrip("0") or "0"
-    return answer if sign not in "+-" or not digits.isdigit() else ("-" if sign == "-" else "") + digits
 
 
 def main(argv=None):
