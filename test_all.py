@@ -894,6 +894,30 @@ def test_ctrl_c_at_the_command_line_saves_names_and_exits_non_zero():
         assert code == 2 and "drop --lr" in err
 
 
+_SAME_RUN = """
+import hashlib, sys, torch
+sys.path.insert(0, {here!r})
+import train
+from model import Config, Transformer
+torch.set_num_threads(2)
+cfg = Config(n_digits=3, n_layers=2, n_heads=3, d_model=64, d_head=16, d_mlp=256)
+model = Transformer(cfg, torch.Generator().manual_seed(7))
+h = train.train(model, train.TrainConfig(task="add", n_digits=3, steps=6, batch_size=256, seed=7), progress=False)
+w = torch.cat([p.detach().flatten() for p in model.parameters()])
+print(repr(h["loss"]), hashlib.sha256(w.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_same_seed_same_numbers_across_processes_with_two_threads():
+    import subprocess
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    code = _SAME_RUN.format(here=HERE)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.count(",") == 5
+
+
 # ============================================================================= runner
 
 

@@ -147,9 +147,14 @@ def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None
         stop.append(signum)
     main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    # The embedding's backward (W_E[tokens]: an index_put with accumulate) adds rows in a thread-dependent
+    # order with more than one CPU thread; the deterministic version makes a run repeatable.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _train(model, tc, device, after_backward, after_step, progress, resume, stop)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         if main_thread:
             signal.signal(signal.SIGINT, old_handler)
 
