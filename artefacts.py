@@ -105,8 +105,10 @@ def load_resume(path, device="cpu"):
         model = Transformer(Config.from_dict(blob["config"])).to(device)
         model.load_state_dict(blob["weights"])
         return model, blob["train"], blob["history"]
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a resumable run ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # any unreadable file, a checkpoint without a resume state, a config that does not fit
+        why = ("no resume state: Ctrl-C writes <name>.resume.pt beside the model" if isinstance(e, KeyError)
+               else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}")
+        raise CheckpointError(f"{path}: not a resumable run ({why})") from None
 
 
 def free_name(out, name, overwrite):

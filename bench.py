@@ -96,8 +96,10 @@ def main(argv=None):
                                 description="Benchmark training and verification speed against references; "
                                 "with --seeds K, train seeds 1..K of a configuration (any train.py flags) and "
                                 "count how many verify.")
-    p.add_argument("--timed-steps", type=int, default=150, help="speed: steps timed for the default model (default 150)")
-    p.add_argument("--paper-steps", type=int, default=20, help="speed: steps timed for the paper preset (default 20)")
+    p.add_argument("--timed-steps", type=int, default=150,
+                   help="speed: steps timed for the default model (default 150)")
+    p.add_argument("--paper-steps", type=int, default=20,
+                   help="speed: steps timed for the paper preset (default 20)")
     p.add_argument("--checkpoint", help="model for the 1M check (default: the shipped one the default command made)")
     p.add_argument("--questions", type=int, default=1_000_000,
                    help="fresh uniform questions per operation in the verification check (default 1000000)")

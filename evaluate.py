@@ -92,8 +92,9 @@ def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=6553
            sparse_sample=None, gen=None):
     """Check a model on the sets of `question_sets`: fresh uniform questions (the natural distribution),
     fresh enriched ones (the training distribution, from which the papers' 10^6-question check drew),
-    every named set and the sparse sets. "Verified" here means zero errors on all of them. Fresh questions come from `gen`, or else from a generator seeded apart from
-    training's (seed + 1_000_003). n_questions: per operation, or 'all' (every question, n <= 3).
+    every named set and the sparse sets. "Verified" here means zero errors on all of them. Fresh
+    questions come from `gen`, or else from a generator seeded apart from training's (seed + 1_000_003).
+    n_questions: per operation, or 'all' (every question, n <= 3); n_enriched: default n_questions.
     Returns {set name: {"questions", "correct", "by_class": {class: [questions, correct]},
     "failures": the first 10 as 'a+b = got (expected)'}}."""
     gen = gen or torch.Generator().manual_seed(seed + 1_000_003)
@@ -115,7 +116,8 @@ def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=6553
             r["correct"] += int(ok.sum())
             for i in (~ok).nonzero()[:10 - len(r["failures"])].flatten().tolist():
                 q = data.decode(tokens[i])
-                r["failures"].append(f"{q[:2 * n_digits + 1]} = {data.decode(pred[i])} (expected {q[2 * n_digits + 2:]})")
+                got, want = data.decode(pred[i]), q[2 * n_digits + 2:]
+                r["failures"].append(f"{q[:2 * n_digits + 1]} = {got} (expected {want})")
             if name.endswith(FRESH):
                 bar.update(len(tokens))
         results[name] = r
