@@ -246,15 +246,17 @@ def verify_count(s):
     return "all" if s == "all" else positive(int)(s)
 
 
-def share(s):
-    v = positive(float)(s) if s != "0" else 0.0
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {s}")
-    return v
-
-
-def non_negative(s):
-    return 0.0 if s in ("0", "0.0") else positive(float)(s)
+def bounded(low, high=math.inf):
+    """An argparse type: a float from low to high."""
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, not {s}")
+        return v
+    return parse
 
 
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
@@ -278,11 +280,11 @@ def build_parser():
                    "(default: 6000 add, 8000 sub, 12000 mix at 5 digits, x1.25 per digit above 5)")
     p.add_argument("--batch-size", type=positive(int), help="questions per step (default 256; paper 64)")
     p.add_argument("--lr", type=positive(float), help="peak learning rate (default 3e-3; paper 8e-5)")
-    p.add_argument("--warmup", type=share, help="share of the steps warming up linearly from 1%% of --lr, "
+    p.add_argument("--warmup", type=bounded(0, 1), help="share of the steps warming up linearly from 1%% of --lr, "
                    "then cosine to 0 (default 0.2)")
     p.add_argument("--betas", type=positive(float), nargs=2, metavar=("BETA1", "BETA2"),
                    help="AdamW betas (default 0.9 0.98, as the papers)")
-    p.add_argument("--clip", type=non_negative, help="clip the gradient's L2 norm to this, 0 = off (default 0)")
+    p.add_argument("--clip", type=bounded(0), help="clip the gradient's L2 norm to this, 0 = off (default 0)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
     p.add_argument("--perc-sub", type=float, help="mix: %% of batches that are subtraction (default 50)")
     p.add_argument("--short-operands", dest="p_short", type=float,
