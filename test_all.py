@@ -660,7 +660,7 @@ def test_reuse_node_usage_after_growing():
     own = reuse.inserted_node_usage(model, src.cfg, offset, n_questions=60, progress=False, use_analyse=False)
     assert own == (rows, base), "reuse_nodes' own ablation and analyse.py's should agree"
 
-# ============================================================================= exercises (issue 7)
+# ============================================================================= coursework (coursework/)
 
 D5_ADDER = os.path.join(HERE, "checkpoints", "add_d5_l2_h3_t4K_s1.pt")
 
@@ -719,36 +719,147 @@ def _wrong_implementations():
         9: [("new heads not zeroed", lambda src, L, H: reuse.grow(
                 src, replace(src.cfg, n_layers=L, n_heads=H), preserve=False)[0].eval())],
         10: [("an unrelated node", lambda m: (0, 0, 0)),
-             ("every node at the position predicting A5", lambda m: [x for x in iv.all_nodes(m.cfg) if x[0] == 12])],
+             ("every node at the position predicting A5", lambda m: [  # 3n+2-5: the position before A5
+                 x for x in iv.all_nodes(m.cfg) if x[0] == 3 * m.cfg.n_digits - 3])],
     }
 
 
-def test_exercises_solutions_pass_and_planted_mistakes_fail():
-    import exercises
-    for i, check in exercises.CHECKS.items():
-        kw = {"checkpoint": D5_ADDER} if i == 10 else {}  # the shipped 5-digit adder: fast on a CPU
-        ok, msg = check(exercises.SOLUTIONS[i], **kw)
+def test_coursework_solutions_pass_and_planted_mistakes_fail():
+    from coursework import checks, solutions
+    for i, check in checks.CHECKS.items():
+        ok, msg = check(getattr(solutions, checks.EXERCISES[i][0]))
         assert ok, f"exercise {i} fails on the reference solution: {msg}"
         for what, wrong in _wrong_implementations()[i]:
-            ok, msg = check(wrong, **kw)
+            ok, msg = check(wrong)
             assert not ok and msg, f"exercise {i}: the checker passed a planted mistake ({what})"
 
 
-def test_exercises_cli_stub_and_bad_input():
+def _untouched(*args, **kw):
+    """What every stub in coursework/exercises.py is before a student edits it."""
+    raise NotImplementedError
+
+
+def _run_coursework(argv, stubs):
+    """(exit status, stdout lines, stderr lines) of `python -m coursework ARGV` with coursework/exercises.py's
+    stubs replaced by `stubs` {exercise: fn} (the others untouched), so the result does not depend on what a student has solved."""
     import contextlib
     import io
-    import exercises
+    from coursework import __main__ as cli, checks, exercises
+    saved = {name: getattr(exercises, name) for name, _ in checks.EXERCISES.values()}
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert exercises.main(["1"]) == 1            # the untouched stub
-        assert exercises.main(["42"]) == 2 and exercises.main(["--all"]) == 2
-    assert out.getvalue().strip() == "exercise 1: FAIL: not implemented yet: fill in the stub in exercises.py " \
-                                     "(see EXERCISES.md)", out.getvalue()
-    assert all(line.startswith("exercises.py: error:") for line in err.getvalue().splitlines())
-    assert len(err.getvalue().splitlines()) == 2
-    for i, check in exercises.CHECKS.items():  # every untouched stub: a friendly line, not a traceback
-        ok, msg = check(exercises.STUBS[i], **({"checkpoint": D5_ADDER} if i == 10 else {}))
-        assert not ok and msg.startswith("not implemented yet"), (i, msg)
+    try:
+        for i, (name, _) in checks.EXERCISES.items():
+            setattr(exercises, name, stubs.get(i, _untouched))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = cli.main(argv)
+            except SystemExit as e:  # argparse: bad input, --help
+                rc = e.code
+    finally:
+        for name, fn in saved.items():
+            setattr(exercises, name, fn)
+    return rc, out.getvalue().splitlines(), err.getvalue().splitlines()
+
+
+def test_coursework_cli_untouched_stubs_and_bad_input():
+    from coursework import checks
+    none = {i: _untouched for i in checks.EXERCISES}
+    rc, out, err = _run_coursework(["1"], none)
+    assert (rc, out, err) == (1, [f"exercise 1: FAIL: {checks.NOT_STARTED}"], []), (rc, out, err)
+    rc, out, _ = _run_coursework([], none)  # the listing: one line per exercise, then a summary; status 0
+    assert rc == 0 and len(out) == len(checks.EXERCISES) + 1 and out[-1].startswith("0 of 10 solved"), out
+    assert all(" not started " in line for line in out[:-1]), out
+    for argv in (["42"], ["0"], ["--all"], ["3", "x"], ["-1"]):  # bad input: one line, status 2
+        rc, out, err = _run_coursework(argv, none)
+        assert rc == 2 and out == [] and len(err) == 1 and err[0].startswith("python -m coursework: error: "), \
+            (argv, rc, out, err)
+    rc, out, _ = _run_coursework(["--help"], none)
+    assert rc == 0 and any("--solutions" in line for line in out)
+    for i, check in checks.CHECKS.items():  # every untouched stub: a friendly line, not a traceback
+        assert check(_untouched) == (False, checks.NOT_STARTED), i
+
+
+def test_coursework_cli_after_a_student_solves_exercises():
+    """A student who has filled in some stubs (here: 1 and 4, with the reference solutions; 7 with a
+    wrong one): the command reports each honestly and the suite's other expectations still hold."""
+    from coursework import checks, solutions
+    stubs = {i: _untouched for i in checks.EXERCISES}
+    stubs.update({1: solutions.ex1_read_answer, 4: solutions.ex4_cascade_length,
+                  7: _wrong_implementations()[7][0][1]})
+    rc, out, err = _run_coursework(["1", "4"], stubs)
+    assert rc == 0 and err == [] and [line[:19] for line in out] == ["exercise 1: PASS: r", "exercise 4: PASS: 4"]
+    rc, out, _ = _run_coursework(["4", "7", "2"], stubs)
+    assert rc == 1 and [line.split(":")[1] for line in out] == [" PASS", " FAIL", " FAIL"], out
+    assert out[2] == f"exercise 2: FAIL: {checks.NOT_STARTED}"
+    rc, out, _ = _run_coursework([], stubs)
+    states = [line.split()[1] for line in out[:-1]]
+    assert rc == 0 and states == ["solved", "not", "not", "solved", "not", "not", "fails", "not", "not", "not"], out
+    assert out[-1].startswith("2 of 10 solved"), out
+    rc, out, _ = _run_coursework(["all"], stubs)
+    assert rc == 1 and [line.split(":")[0] for line in out] == [f"exercise {i}" for i in range(1, 11)], out
+    assert [i for i, line in enumerate(out, 1) if ": PASS: " in line] == [1, 4], out
+    rc, out, _ = _run_coursework(["--solutions", "2", "7"], stubs)  # the reference, whatever the stubs
+    assert rc == 0 and [line[:18] for line in out] == ["exercise 2: PASS: ", "exercise 7: PASS: "], out
+    test_coursework_cli_untouched_stubs_and_bad_input()  # unchanged by what the student has solved
+
+
+def test_coursework_readme_matches_what_is_shipped():
+    """coursework/README.md names only what exists: its table is the command's, every exercise has a stub and
+    a reference solution with the same parameters, every `module.name`, file and test it names exists, and
+    every command it gives parses (the coursework's own, and train.py / analyse.py / reuse.py's)."""
+    import importlib
+    import inspect
+    import re
+    import shlex
+    from coursework import __main__ as cli, checks, exercises, solutions
+    text = open(os.path.join(HERE, "coursework", "README.md")).read()
+    rows = re.findall(r"^\| (\d+) \| (.+?) \| .+? \| .+? \|$", text, re.M)
+    assert {int(i): title for i, title in rows} == {i: t for i, (_, t) in checks.EXERCISES.items()}, rows
+    for i, (name, _) in checks.EXERCISES.items():
+        assert f"`{name}(" in text and f"python -m coursework {i}`" in text, name
+        want = list(inspect.signature(getattr(exercises, name)).parameters)
+        assert list(inspect.signature(getattr(solutions, name)).parameters)[:len(want)] == want, name
+    modules = "data model train analyse algorithm framework interventions reuse reuse_nodes plots report".split()
+    names = set(re.findall(r"`(?:[^`]*?[^\w.])?((?:%s)\.[A-Za-z_][\w.]*)" % "|".join(modules), text))
+    assert len(names) > 40, names
+    missing = []  # every name at once: after a refactor, the list of what the README must follow
+    for dotted in sorted(n for n in names if not n.endswith((".py", "."))):
+        obj = importlib.import_module(dotted.split(".")[0])
+        for attr in dotted.split(".")[1:]:
+            if not hasattr(obj, attr):
+                missing.append(dotted)
+                break
+            obj = getattr(obj, attr)
+    assert not missing, f"coursework/README.md names what does not exist: {missing}"
+    for path in set(re.findall(r"`([\w./*-]+\.(?:py|md|pt|json|png))`", text)) - {"README.md"}:
+        if not path.startswith("out/"):  # written by the commands the README gives
+            where = path if "/" in path else os.path.join("coursework", path) if os.path.exists(
+                os.path.join(HERE, "coursework", path)) else path
+            assert os.path.exists(os.path.join(HERE, where)), f"coursework/README.md names {path}: not there"
+    for test in set(re.findall(r"`(test_\w+)`", text)):
+        assert test in globals(), f"coursework/README.md names {test}, which test_all.py does not have"
+    command = r"python (?:-m coursework(?=[ `\n])|\w+\.py )"
+    commands = (re.findall(r"^(%s[^#\n]*?)\s*(?:#.*)?$" % command, text, re.M)
+                + re.findall(r"`(%s[^`]*)`" % command, text))
+    parsers = {"train.py": train.build_parser}
+    for script in ("analyse", "reuse"):
+        parsers[script + ".py"] = importlib.import_module(script).build_parser
+    parsed = 0
+    for command in commands:
+        words = shlex.split(command)[1:]
+        if command == "python -m coursework 42":  # the README's example of bad input
+            assert _run_coursework(words[2:], {})[0] == 2
+        elif words[-1] == "--help":
+            assert words[:2] == ["-m", "coursework"] and _run_coursework(["--help"], {})[0] == 0
+        elif words[:2] == ["-m", "coursework"]:
+            cli.chosen(cli.build_parser(), cli.build_parser().parse_args(words[2:]).exercise)
+        elif words[0] in parsers:
+            parsers[words[0]]().parse_args(words[1:])
+        else:
+            assert os.path.exists(os.path.join(HERE, words[0])), command
+            continue
+        parsed += 1
+    assert parsed >= 15, commands
 
 
 # ============================================================================= training: checks, verify sets, runs, resume

@@ -1,8 +1,8 @@
 """
-Reference solutions to the exercises in EXERCISES.md: each one a thin wrapper over the project's own code,
-so there is one implementation of everything and the wrapper shows where it lives.
+Reference solutions to the exercises of coursework/README.md: each one a thin wrapper over the project's own
+code, so there is one implementation of everything and the wrapper shows where it lives.
 
-    python exercises.py --solutions          # every checker in exercises.py, run on these
+    python -m coursework --solutions         # every checker, run on these
 
 Read these after trying an exercise, not before. Left out on purpose: any second implementation of the
 project's functions (a copy would drift from the code the checkers trust).
@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import torch
 
+import algorithm
 import analyse
 import data
 import interventions as iv
@@ -56,8 +57,7 @@ def ex6_ablate_head(model, tokens, means, position, layer, head):
 
 
 def ex7_pca(X, k):
-    from algorithm import pca  # algorithm.py selects the Agg backend on import
-    return pca(X, k)
+    return algorithm.pca(X, k)
 
 
 def ex8_patch(model, store, alter, nodes):

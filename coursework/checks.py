@@ -1,96 +1,46 @@
 """
-Graded exercises (EXERCISES.md): fill in a stub below, then check it against the project's own code.
+The checkers of the coursework: `check_N(fn) -> (ok, message)` runs a student's function for exercise N on
+random and hand-made inputs and compares it with the reference (coursework/solutions.py, thin wrappers over
+the project's code) and with an independent oracle where one is cheap (Python integers, the model's hook
+points, torch.pca_lowrank, the source model's logits, the framework's prediction). Every exception in the
+student's code becomes a failed check with a one-line message. Left out on purpose: grading plots and prose
+(the questions in coursework/README.md are for the student).
 
-    python exercises.py 3              # check exercise 3: PASS, or the first mismatch and a hint
-    python exercises.py --solutions    # every check run on exercise_solutions.py (must pass)
-
-Each checker is `check_N(fn) -> (ok, message)`: it feeds `fn` random and hand-made inputs and compares with
-the reference (exercise_solutions.py, thin wrappers over model.py, data.py, train.py, analyse.py,
-algorithm.py, interventions.py, reuse.py) and with an independent oracle where one is cheap (Python
-integers, the model's hook points, torch.pca_lowrank, the source model's logits, the framework's
-prediction). Left out on purpose: grading plots and prose (the questions in EXERCISES.md are for you).
+    from coursework import checks, solutions
+    checks.check_3(solutions.ex3_answer_nll)    # (True, 'loss per answer token of the 3-digit model: ...')
 """
 import copy
 import functools
-import glob
 import os
-import sys
 
 import torch
 
+import algorithm
+import analyse
 import data
-import exercise_solutions as ref
+import interventions as iv
+import evaluate
+from coursework import solutions as ref
 from model import Config, Transformer, load_model
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = os.path.join(HERE, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0.pt")  # 3-digit adder, 100% right
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0.pt")  # 3-digit adder, all 10^6 right
+ADD_D6 = os.path.join(ROOT, "checkpoints", "add_d6_l2_h3_t5K_s1.pt")  # 6-digit adder, exercise 10's model
 
-# ============================================================================= your code: the stubs
-
-
-def ex1_read_answer(tokens, n_digits):
-    """tokens (B, 3n+4) whole questions, e.g. encode('12345+33333=+045678') -> (B,) int64 signed answers
-    read from the answer tokens `sign A(n)..A0` (45678 here; -249990 for '550030-800020=-0249990')."""
-    raise NotImplementedError
-
-
-def ex2_attention(attn, x):
-    """attn: a model.Attention (W_Q, W_K, W_V [H, C, D], b_Q, b_K, b_V [H, D], mask [P, P] bool);
-    x: (B, P, C), the output of the block's ln1. Returns (pattern (B, H, P, P) query x key, rows summing
-    to 1 over the keys a query may see, and z (B, P, H, D) = pattern @ v per head)."""
-    raise NotImplementedError
-
-
-def ex3_answer_nll(logits, tokens, n_digits):
-    """logits (B, P, V) of whole questions, tokens (B, P) -> (B, n+2): the negative log-probability the model
-    gives each true answer token (sign, A(n)..A0), and nothing else."""
-    raise NotImplementedError
-
-
-def ex4_cascade_length(tokens, n_digits):
-    """Addition questions (B, P) -> (B,) int64: -1 when no column makes a carry (sum >= 10); else the largest
-    number of sum-9 columns directly above a carry-making column, which pass its carry on (cap at 4)."""
-    raise NotImplementedError
-
-
-def ex5_complexity(tokens, n_digits):
-    """Addition or subtraction questions (B, P) -> (B,) int64 index into data.COMPLEXITY
-    (S0..S5, M0..M4+, N1..N4+), as defined in data.complexity's docstring and EXERCISES.md."""
-    raise NotImplementedError
-
-
-def ex6_ablate_head(model, tokens, means, position, layer, head):
-    """Mean-ablate one head at one position: replace hook_z[:, position, head] of `layer` by
-    means[f'blocks.{layer}.attn.hook_z'][position, head] (analyse.layer_means). Returns wrong (B, n+2)
-    bool: which answer tokens (sign, A(n)..A0) the model now gets wrong (argmax != true token)."""
-    raise NotImplementedError
-
-
-def ex7_pca(X, k):
-    """X (N, C) -> (projections (N, k), components (k, C) unit rows, explained-variance ratios (k,)),
-    by hand with torch.linalg.svd. Each component is defined up to its sign."""
-    raise NotImplementedError
-
-
-def ex8_patch(model, store, alter, nodes):
-    """Interchange intervention: run `alter` (B, P) with the activation of every node (position, layer, head)
-    copied from the run of `store` (B, P), question by question; head == n_heads means the MLP (hook_post),
-    else the head's hook_z. Returns the predicted answer tokens (B, n+2)."""
-    raise NotImplementedError
-
-
-def ex9_grow(src, n_layers, n_heads):
-    """A new Transformer with src's config but n_layers layers and n_heads heads (>= src's), src's weights
-    inserted into its first layers and heads, that answers every question exactly as src does."""
-    raise NotImplementedError
-
-
-def ex10_carry_node(model):
-    """Open-ended: the node (position, layer, head) -- or a list of at most two -- of the 6-digit addition
-    model that computes the carry cascaded into answer digit A5 (head == n_heads means the MLP)."""
-    raise NotImplementedError
-
-# ============================================================================= checkers
+# {exercise: (function name in exercises.py and solutions.py, what it is about)}: the table of README.md
+EXERCISES = {
+    1: ("ex1_read_answer", "tokens: encode a question, read the answer back"),
+    2: ("ex2_attention", "attention by hand: scores, causal mask, pattern, z"),
+    3: ("ex3_answer_nll", "the answer-only loss and the per-digit loss curve"),
+    4: ("ex4_cascade_length", "why enrichment: how rare is a 4-level carry cascade?"),
+    5: ("ex5_complexity", "complexity classes S0..S5, M0..M4+, N1..N4+"),
+    6: ("ex6_ablate_head", "mean-ablate one head at one position"),
+    7: ("ex7_pca", "PCA by hand; tri-state and bi-state heads"),
+    8: ("ex8_patch", "an interchange intervention: a claim that holds and one that must fail"),
+    9: ("ex9_grow", "reuse: grow an addition model and prove its function is preserved"),
+    10: ("ex10_carry_node", "open-ended: find the node that computes the cascaded carry into A5"),
+}
+NOT_STARTED = "not implemented yet: fill in the stub in coursework/exercises.py (see coursework/README.md)"
 
 
 def graded(check):
@@ -100,7 +50,7 @@ def graded(check):
         try:
             return check(fn, *args, **kw)
         except NotImplementedError:
-            return False, "not implemented yet: fill in the stub in exercises.py (see EXERCISES.md)"
+            return False, NOT_STARTED
         except Exception as e:  # most often the student's code: say what stopped the check, in one line
             return False, f"the check stopped on {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
     return run
@@ -108,25 +58,19 @@ def graded(check):
 
 @functools.lru_cache(maxsize=None)
 def model_at(path):
+    """The model of a checkpoint, loaded once per process (the checkers only read it)."""
     return load_model(path)[0]
 
 
-def carry_checkpoint():
-    """Exercise 10's model: the shipped 6-digit adder, else the 5-digit one (whichever is there)."""
-    for pattern in ("add_d6_*.pt", "add_d5_*.pt"):
-        found = sorted(glob.glob(os.path.join(HERE, "checkpoints", pattern)))
-        if found:
-            return found[0]
-    raise FileNotFoundError("no checkpoints/add_d6_*.pt or add_d5_*.pt to search")
-
-
 def shape_error(got, want, what):
+    """A one-line message when `got` is not a tensor of `want`'s shape, else None."""
     if not isinstance(got, torch.Tensor) or got.shape != want.shape:
         got = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
         return f"{what}: expected a tensor of shape {tuple(want.shape)}, got {got}"
 
 
 def questions(op, n, count, seed, enrichment=True):
+    """(count, 3n+4) random `op` questions from data.random_batch, the same for the same seed."""
     return data.random_batch(op, n, count, torch.Generator().manual_seed(seed), enrichment=enrichment)
 
 
@@ -138,11 +82,14 @@ def first_wrong_question(got, want, tokens, n, show=lambda v: v.tolist()):
 
 @graded
 def check_1(fn):
+    """Exercise 1, fn(tokens (B, 3n+4), n) -> (B,) signed answers: hand-made questions, then random add/sub."""
     for n, text in ((5, "12345+33333=+045678"), (6, "550030-800020=-0249990"), (5, "99999+00001=+100000"),
                     (3, "000-999=-0999"), (3, "000+000=+0000")):
         want = int(text.split("=")[1])  # Python reads the signed number: the oracle
         got = fn(data.encode(text)[None], n)
-        if shape_error(got, torch.zeros(1), text) or int(got[0]) != want:
+        if shape_error(got, torch.zeros(1), text):
+            return False, shape_error(got, torch.zeros(1), text) + " (one signed answer per question)"
+        if int(got[0]) != want:
             hint = ("the answer digits are written most significant first" if str(abs(want)).strip("0")[::-1] in
                     str(got.tolist()) else "the sign token decides the sign; the n+1 digits after it, the size")
             return False, f"{text}: expected {want}, got {got.tolist()} ({hint})"
@@ -167,6 +114,7 @@ def small_random_model(seed=0):
 
 @graded
 def check_2(fn):
+    """Exercise 2, fn(attn, x (B, P, C)) -> (pattern (B, H, P, P), z (B, P, H, D)): against the hook points."""
     for model in (model_at(TINY), small_random_model()):
         n = model.cfg.n_digits
         toks = questions("add", n, 64, 2)
@@ -197,6 +145,7 @@ def check_2(fn):
 
 @graded
 def check_3(fn):
+    """Exercise 3, fn(logits (B, P, V), tokens (B, P), n) -> (B, n+2) NLL: against evaluate.answer_nll."""
     model = model_at(TINY)
     n = model.cfg.n_digits
     g = torch.Generator().manual_seed(3)
@@ -228,6 +177,7 @@ HAND_CASCADES = {-1: "000+000 123+456 444+555 0+0", 0: "005+005 550+050 190+010 
 
 @graded
 def check_4(fn):
+    """Exercise 4, fn(tokens (B, P), n) -> (B,) cascade length (-1: no carry): hand-made, then random."""
     for length, text in HAND_CASCADES.items():
         pairs = torch.tensor([[int(v) for v in q.split("+")] for q in text.split()])
         toks = data.make_questions(pairs[:, 0], pairs[:, 1], "add", 3)
@@ -247,13 +197,14 @@ def check_4(fn):
 
 @graded
 def check_5(fn):
+    """Exercise 5, fn(tokens (B, P), n) -> (B,) index into data.COMPLEXITY: named sets, all 2-digit, random 5-digit."""
     for name, toks in data.named_sets("mix", 5).items():  # each hand-made set has its class in its name
         if name.endswith(("S0", "S1", "S2", "S3", "S4", "S5", "M0", "M1", "M2", "M3")):
             want = torch.full((len(toks),), data.COMPLEXITY.index(name.split(".")[1]))
             msg = first_wrong_question(fn(toks, 5), want, toks, 5, lambda c: data.COMPLEXITY[int(c)])
             if msg:
                 return False, f"{name}: {msg}"
-    everything = torch.cat([__import__("evaluate").all_questions(op, 2) for op in ("add", "sub")])
+    everything = torch.cat([evaluate.all_questions(op, 2) for op in ("add", "sub")])
     for n, toks in ((2, everything), (5, torch.cat([questions(op, 5, 3000, 5) for op in ("add", "sub")]))):
         got, want = fn(toks, n), ref.ex5_complexity(toks, n)
         msg = shape_error(got, want, f"{n} digits") or first_wrong_question(
@@ -265,7 +216,7 @@ def check_5(fn):
 
 @graded
 def check_6(fn):
-    import analyse
+    """Exercise 6, fn(model, tokens, means, position, layer, head) -> (B, n+2) bool wrong: every head, position."""
     model = model_at(TINY)
     n, H = model.cfg.n_digits, model.cfg.n_heads
     toks = analyse.varied_questions("add", n, torch.Generator().manual_seed(6), size=128)
@@ -296,7 +247,7 @@ def align_signs(got, want):
 
 @graded
 def check_7(fn):
-    import algorithm
+    """Exercise 7, fn(X (N, C), k) -> (projections (N, k), components (k, C), ratios (k,)), up to sign."""
     g = torch.Generator().manual_seed(7)
     X = torch.randn(300, 4, generator=g) * torch.tensor([6.0, 3.0, 1.5, 0.5]) @ torch.randn(4, 24, generator=g) + 5.0
     model = model_at(TINY)
@@ -312,7 +263,8 @@ def check_7(fn):
         if err:
             return False, err
         if not torch.allclose(align_signs(proj, want[0]), want[0], atol=1e-3 * want[0].abs().max()):
-            return False, f"{what}: projections differ (centre X first, then project it on the top k right singular axes)"
+            return False, (f"{what}: projections differ (centre X first, then project it on the top k right "
+                           "singular axes)")
         if not torch.allclose(align_signs(comps.T, want[1].T), want[1].T, atol=1e-3):
             return False, f"{what}: components differ (the rows of Vh from torch.linalg.svd of the centred X)"
         if not torch.allclose(evr, want[2], atol=1e-4):
@@ -332,7 +284,7 @@ def check_7(fn):
 
 @graded
 def check_8(fn):
-    import interventions as iv
+    """Exercise 8, fn(model, store, alter, nodes) -> (B, n+2) predicted answer tokens after the patch."""
     model = model_at(TINY)
     n, H = model.cfg.n_digits, model.cfg.n_heads
     store, alter, want = iv.claim_pairs(model, "SA", 1, 60, torch.Generator().manual_seed(8))
@@ -355,6 +307,7 @@ def check_8(fn):
 
 @graded
 def check_9(fn):
+    """Exercise 9, fn(src, n_layers, n_heads) -> a grown model with src's answer logits (to 1e-4)."""
     src = model_at(TINY)
     n = src.cfg.n_digits
     toks = torch.cat([questions(op, n, 300, 9) for op in ("add", "sub")])
@@ -375,10 +328,9 @@ def check_9(fn):
 
 
 @graded
-def check_10(fn, checkpoint=None, n_pairs=100, min_share=0.9):
-    import interventions as iv
-    path = checkpoint or carry_checkpoint()
-    model = model_at(path)
+def check_10(fn, checkpoint=ADD_D6, n_pairs=100, min_share=0.9):
+    """Exercise 10, fn(model) -> node(s) that pass the claim 'ST of A5' on >= min_share of n_pairs pairs."""
+    model = model_at(checkpoint)
     H = model.cfg.n_heads
     nodes = fn(model)
     nodes = [tuple(nodes)] if len(nodes) == 3 and all(isinstance(v, int) for v in nodes) else [tuple(x) for x in nodes]
@@ -389,37 +341,11 @@ def check_10(fn, checkpoint=None, n_pairs=100, min_share=0.9):
     passes, total = iv.test_claim(model, store, alter, want, nodes)
     names = " + ".join(iv.node_name(x, H) for x in nodes)
     verdict = (f"patching {names} from the store moves A5 as a cascaded carry predicts on {passes}/{total} pairs "
-               f"({os.path.basename(path)})")
+               f"({os.path.basename(checkpoint)})")
     if passes < min_share * total:
-        return False, verdict + f": below {100 * min_share:.0f}% (which position predicts A5? which layer sees the carry?)"
+        return False, (verdict + f": below {100 * min_share:.0f}% (which position predicts A5? which layer sees "
+                                  "the carry?)")
     return True, verdict
 
-# ============================================================================= command line
 
-
-CHECKS = {i: globals()[f"check_{i}"] for i in range(1, 11)}
-STUBS = {i: next(v for k, v in globals().items() if k.startswith(f"ex{i}_")) for i in CHECKS}
-SOLUTIONS = {i: next(v for k, v in vars(ref).items() if k.startswith(f"ex{i}_")) for i in CHECKS}
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    torch.set_num_threads(1)
-    if argv == ["--solutions"]:
-        todo = [(i, SOLUTIONS[i]) for i in CHECKS]
-    elif len(argv) == 1 and argv[0].isdigit() and int(argv[0]) in CHECKS:
-        todo = [(int(argv[0]), STUBS[int(argv[0])])]
-    else:
-        print(f"exercises.py: error: expected an exercise number 1-{len(CHECKS)} or --solutions, got "
-              f"{' '.join(argv) or 'nothing'}", file=sys.stderr)
-        return 2
-    failed = 0
-    for i, fn in todo:
-        ok, message = CHECKS[i](fn)
-        print(f"exercise {i}: {'PASS' if ok else 'FAIL'}: {message}", flush=True)
-        failed += not ok
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+CHECKS = {i: globals()[f"check_{i}"] for i in EXERCISES}
