@@ -105,8 +105,10 @@ def load_resume(path, device="cpu"):
         model = Transformer(Config.from_dict(blob["config"])).to(device)
         model.load_state_dict(blob["weights"])
         return model, blob["train"], blob["history"]
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a resumable run ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # any unreadable file, a checkpoint without a resume state, a config that does not fit
+        why = ("no resume state: Ctrl-C writes <name>.resume.pt beside the model" if isinstance(e, KeyError)
+               else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}")
+        raise CheckpointError(f"{path}: not a resumable run ({why})") from None
 
 
 def free_name(out, name, overwrite):
@@ -116,3 +118,20 @@ def free_name(out, name, overwrite):
         i += 1
         name = f"{base}_{i}"
     return name
+
+
+def describe(cfg: Config, tc, device, n_params, threads) -> str:
+    """The settings of a run as readable lines."""
+    checks = (f"every {tc.check_every:,} steps on {tc.check_questions:,} fresh uniform and enriched questions per "
+              f"operation and the named sets" + ("; stop at the first with zero errors" * tc.until_verified)
+              if tc.check_every else "none during training")
+    return "\n".join([
+        f"model:    {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, d_head {cfg.d_head}, "
+        f"d_mlp {cfg.d_mlp}, {cfg.n_digits} digits: {n_params:,} parameters",
+        f"task:     {tc.task}" + (f", {tc.perc_sub:g}% of batches subtraction" if tc.task == "mix" else "")
+        + f"; enrichment {'on' if tc.enrichment else 'off'}, {tc.p_short:.0%} short operands",
+        f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW lr {tc.lr:g} (warm-up {tc.warmup:.0%}, "
+        f"then cosine), betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "
+        f"gradient clipping {f'to norm {tc.clip:g}' if tc.clip else 'off'}",
+        f"checks:   {checks}",
+        f"seed {tc.seed}, device {device}, {threads} thread(s)"])

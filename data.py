@@ -5,7 +5,7 @@ is (its complexity class), and the named question sets the papers used.
 
     python data.py --task sub --digits 6       # prints a few questions with their complexity
 
-One format for every task (SPEC decision 1): `D(n-1)..D0 op D'(n-1)..D'0 = sign A(n)..A0`, operands
+One format for every task (the Math notebooks' format): `D(n-1)..D0 op D'(n-1)..D'0 = sign A(n)..A0`, operands
 zero-padded to n digits, the answer as a sign (`+` also for 0) and n+1 digits of |answer|:
 
     12345+33333=+045678        550030-800020=-0249990        (n_ctx = 3n + 4 tokens)
@@ -111,7 +111,7 @@ def parse_questions(tokens: torch.Tensor, n_digits: int):
 
 
 def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negative=0.2):
-    """Make rare, hard questions common (SPEC decision 2, Math_Train). x, y: (B, n) digits, edited in place.
+    """Make rare, hard questions common (the Math_Train notebook's enrichment). x, y: (B, n) digits, edited in place.
 
     Uniform digits almost never produce long carry cascades (a 4-level cascade needs four sum-9 columns
     in a row: about 1 question in 10^4). With probability p_batch a batch is enriched: p_cell of its
@@ -140,7 +140,7 @@ def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negat
 
 
 def shorten(x, y, gen: torch.Generator, p_short=0.1):
-    """Make short operands common (issue 3; not in the papers). x, y: (B, n) digits, most significant
+    """Make short operands common (not in the papers). x, y: (B, n) digits, most significant
     first, edited in place. Each question, with probability p_short, has the top k digits of both
     operands set to 0 (k uniform in 1..n-1), so that carries and borrows into 0-and-0 columns with only
     zeros above (00055+00045=+000100, 00005+00005=+000010) are common. In uniform questions they are
@@ -191,7 +191,8 @@ def _cascade(trigger: torch.Tensor, chain: torch.Tensor, limit: int) -> torch.Te
 
 
 def complexity(tokens: torch.Tensor, n_digits: int) -> torch.Tensor:
-    """Complexity class of each question as an index into COMPLEXITY (SPEC 4.1; successor N grading).
+    """Complexity class of each question as an index into COMPLEXITY (the papers' S/M classes; the N classes
+    as the verified_transformers library grades them).
 
     Addition: S0 no carry; S1 carries but none cascades; S2..S5 a carry cascading through 1..4+ sum-9 columns.
     Subtraction with answer >= 0: M0 no borrow; M1 borrows; M2..M4+ a borrow cascading through 1..3+
@@ -211,7 +212,7 @@ def complexity(tokens: torch.Tensor, n_digits: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- named question sets
 
-# The reference's hand-made sets (SPEC appendix A.2), as "a+b" / "a-b" strings.
+# The Math_Analyse notebook's hand-made sets, as "a+b" / "a-b" strings.
 HANDMADE = {
     "Add.S0": "0+0 1+3 12345+33333 33333+12345 45762+33113 888+11111 2362+23123 15+81 1000+4441 4440+11111 24033+25133 23533+21133 32500+1 31500+1111 5500+12323 4500+2209 33345+66643 66643+33345 10770+44111 60000+31111 10000+21111 107700+441111 600000+311111 100000+211111 1077000+4411111 6000000+3111111 1000000+2111111 10770000+44111111 60000000+3111111 10000000+2111111",
     "Add.S1": "15+45 27+55 35+59 150+451 270+551 350+591 1500+4511 2700+5511 3500+5911 40035+41149 70000+41111 15000+25111 35000+35111 45000+35111 67000+25111 19000+76111 15020+45091 25002+55019 35002+59019 150211+450911 250021+550191 350021+590191 1502111+4509111 2500211+5501911 3500211+5901911 15021111+45091111 25002111+55019111 35002111+59019111",

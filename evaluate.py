@@ -90,10 +90,11 @@ FRESH = ("uniform", "enriched", "all")  # the endings of the fresh sets' names; 
 
 def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=65536, n_enriched=None,
            sparse_sample=None, gen=None):
-    """Check a model on the sets of `question_sets`: fresh uniform questions (the natural distribution,
-    as the papers' 10^6-question check), fresh enriched ones (the training distribution), every named
-    set and the sparse sets. Fresh questions come from `gen`, or else from a generator seeded apart from
-    training's (seed + 1_000_003). n_questions: per operation, or 'all' (every question, n <= 3).
+    """Check a model on the sets of `question_sets`: fresh uniform questions (the natural distribution),
+    fresh enriched ones (the training distribution, from which the papers' 10^6-question check drew),
+    every named set and the sparse sets. "Verified" here means zero errors on all of them. Fresh
+    questions come from `gen`, or else from a generator seeded apart from training's (seed + 1_000_003).
+    n_questions: per operation, or 'all' (every question, n <= 3); n_enriched: default n_questions.
     Returns {set name: {"questions", "correct", "by_class": {class: [questions, correct]},
     "failures": the first 10 as 'a+b = got (expected)'}}."""
     gen = gen or torch.Generator().manual_seed(seed + 1_000_003)
@@ -115,12 +116,24 @@ def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=6553
             r["correct"] += int(ok.sum())
             for i in (~ok).nonzero()[:10 - len(r["failures"])].flatten().tolist():
                 q = data.decode(tokens[i])
-                r["failures"].append(f"{q[:2 * n_digits + 1]} = {data.decode(pred[i])} (expected {q[2 * n_digits + 2:]})")
+                got, want = data.decode(pred[i]), q[2 * n_digits + 2:]
+                r["failures"].append(f"{q[:2 * n_digits + 1]} = {got} (expected {want})")
             if name.endswith(FRESH):
                 bar.update(len(tokens))
         results[name] = r
     bar.close()
     return results
+
+
+def check(model, task, n_digits, n_questions, gen) -> dict:
+    """A quick check during training: errors {set name: wrong answers} on n_questions fresh uniform and
+    as many enriched questions per operation, every named set, and the one-column sparse questions plus
+    n_questions two-column ones, all drawn from `gen` (keep it apart from the training data's)."""
+    was_training = model.training
+    model.eval()
+    found = errors(verify(model, task, n_digits, n_questions, progress=False, gen=gen, sparse_sample=n_questions))
+    model.train(was_training)
+    return found
 
 
 def errors(results) -> dict:
@@ -131,8 +144,8 @@ def errors(results) -> dict:
 def report(results) -> str:
     """The verification results as a text table: the fresh questions by complexity class, each named set
     in one line, then the first failures as `a+b = got (expected)`."""
-    lines = ["uniform: every digit uniform (the natural distribution, as the papers' 10^6 check); enriched: "
-             "the training distribution (long carry/borrow cascades made common); the rest: named sets",
+    lines = ["uniform: every digit uniform (the natural distribution); enriched: the training distribution (long "
+             "carry/borrow cascades made common; the papers' 10^6 check drew from it); the rest: named sets",
              f"{'set':<12} {'class':<6} {'questions':>10} {'correct':>10} {'%':>9} {'errors':>7}"]
 
     def row(name, c, q, k):

@@ -5,6 +5,7 @@ Three kinds, as in micrograd: against an oracle (PyTorch's own attention and Lay
 against expected values (the hand-made question sets), and smoke runs (a tiny model must learn).
 """
 import functools
+import json
 import os
 import signal
 import sys
@@ -1480,6 +1481,47 @@ def test_node_usage_command_on_a_checkpoint():
             reuse_nodes.main(["--help"])
     except SystemExit as e:
         assert e.code == 0 and "--min-correct" in help_text.getvalue()
+
+_SAME_RUN = """
+import hashlib, sys, torch
+sys.path.insert(0, {here!r})
+import train
+from model import Transformer
+torch.set_num_threads(2)
+cfg, tc = train.resolve(train.build_parser().parse_args("--digits 3 --steps 12 --seed 7".split()), None)
+model = Transformer(cfg, torch.Generator().manual_seed(7))
+h = train.train(model, tc, progress=False)
+w = torch.cat([p.detach().flatten() for p in model.parameters()])
+print(repr(h["loss"]), hashlib.sha256(w.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_same_seed_same_numbers_across_processes_with_two_threads():
+    import subprocess
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    code = _SAME_RUN.format(here=HERE)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.count(",") == 11
+
+
+def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
+    import contextlib
+    import io
+    import bench
+    flags = ["--task", "add", *TINY[:-3], "--until-verified", "--check-every", "10", "--questions", "200"]
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:
+        assert bench.main(["--seeds", "2", *flags, "--results", d]) == 0
+        (name,) = os.listdir(d)
+        first = open(os.path.join(d, name)).read().splitlines()
+        assert [json.loads(line)["seed"] for line in first] == [1, 2]
+        assert bench.main(["--seeds", "3", *flags, "--results", d]) == 0
+        lines = open(os.path.join(d, name)).read().splitlines()
+        assert lines[:2] == first and json.loads(lines[2])["seed"] == 3  # seeds 1 and 2 were not trained again
+        assert set(json.loads(lines[2])["errors"]) >= {"add uniform", "Add.rule", "Add.sparse"}
+        assert "2 seed(s) done before" in log.getvalue() and " of 3 seeds verified" in log.getvalue()
+    assert "drop --seed" in cli_error(bench.main, ["--seeds", "2", "--seed", "4"])
 
 
 # ============================================================================= runner

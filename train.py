@@ -2,16 +2,22 @@
 Train a transformer to add and/or subtract n-digit integers, save it, and check it on fresh questions.
 
     python train.py --task add --digits 5                      # the fast default: minutes on a laptop CPU
+    python train.py --task add --digits 5 --until-verified     # stop at the first zero-error check
     python train.py --preset add_d6_l2_h3_t15K                 # a paper configuration (GPU recommended)
+    python train.py --resume runs/add_d5_l2_h3_t514_s1.resume.pt  # continue a run stopped with Ctrl-C
     python train.py --verify 1000000 --checkpoint checkpoints/add_d5_l2_h3_t6K_s1.pt   # check, no training
 
-Writes <out>/<name>.pt (weights + config), <name>.json (config, losses overall and per answer
-position, the accuracy report) and <name>_loss.png. The loop follows the papers' Math notebooks:
-fresh random batches every step (with enrichment), AdamW, 20% linear warm-up from 1% then cosine to 0,
-and the loss is the mean NLL over the answer tokens only, computed in float64. Ctrl-C stops cleanly
-and saves what was trained. The evaluation (`score`, `verify`, `report`) is in evaluate.py.
-Left out on purpose: gradient clipping and dropout (the papers use neither),
-validation splits (every batch is fresh), and multiplication.
+Writes runs/<name>.pt (weights + config), <name>.json and <name>_loss.png (artefacts.py); an existing
+checkpoint is never replaced without --overwrite. The loop follows the papers' Math notebooks: fresh
+random batches every step (with enrichment), AdamW, 20% linear warm-up from 1% then cosine to 0, and the
+loss is the mean NLL over the answer tokens only, computed in float64. Optional here: gradient-norm
+clipping (the papers use none) and checks every K steps on fresh and named questions (evaluate.py).
+Ctrl-C ends training after the step in progress, saves the model named by the steps trained and a
+.resume.pt, skips the check and exits with status 130.
+Same seed, same machine, same thread count: same losses and weights (deterministic algorithms are on
+during training); a different thread count or CPU can change the last bits, and so the run.
+Left out on purpose: dropout (the papers use none), validation splits (every batch is fresh), and
+multiplication.
 """
 import argparse
 import ctypes
@@ -27,13 +33,13 @@ import torch
 from tqdm import tqdm
 
 import data
-from artefacts import free_name, load_resume, run_name, save_resume, write_outputs
-from evaluate import answer_nll, ask_lines, errors, report, verify
+from artefacts import describe, free_name, load_resume, run_name, save_resume, write_outputs
+from evaluate import answer_nll, ask_lines, check, report, verify
 from model import CheckpointError, Config, Transformer, load_model, pick_device
 
 # ----------------------------------------------------------------------------- configurations
 
-# The papers' models (SPEC 2.7): d_model 510, d_head 170, batch 64, lr 8e-5, weight decay 0.1, seed 372001.
+# The papers' models (the Math_Train notebook's presets): d_model 510, d_head 170, batch 64, lr 8e-5, weight decay 0.1, seed 372001.
 PAPER = dict(d_model=510, d_head=170, d_mlp=2040, batch_size=64, lr=8e-5, weight_decay=0.1, seed=372001)
 PRESETS = {
     "add_d5_l2_h3_t15K": dict(task="add", digits=5, layers=2, heads=3, steps=15_000, perc_sub=0),
@@ -48,7 +54,7 @@ PRESETS = {
 for _p in PRESETS.values():
     _p.update(PAPER)
 
-# The fast default for a laptop CPU (issue 3): a model ~1/65 the paper's size, a large learning rate
+# The fast default for a laptop CPU: a model ~1/65 the paper's size, a large learning rate
 # and a larger batch reach zero errors on a million questions in a few minutes on 2 cores. Measured over
 # seeds 1-5 (README "Speed"): 4,000 steps verified 2 of 5, and 5,000 or 6,000 steps still failed seed 2 on
 # short operands (00055+00045); with 10% short operands (data.shorten) 5,000 steps verified 4 of 5, 6,000 5 of 5.
@@ -113,18 +119,6 @@ def set_threads(cfg: Config):
 # ----------------------------------------------------------------------------- training loop
 
 
-def check(model, tc: TrainConfig, gen: torch.Generator) -> dict:
-    """Errors {set name: wrong answers} on tc.check_questions fresh uniform and enriched questions per
-    operation, every named set, and the one-column sparse questions plus tc.check_questions two-column
-    ones, all drawn from `gen` (kept apart from the training data's generator)."""
-    was_training = model.training
-    model.eval()
-    found = errors(verify(model, tc.task, tc.n_digits, tc.check_questions, progress=False, gen=gen,
-                          sparse_sample=tc.check_questions))
-    model.train(was_training)
-    return found
-
-
 def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None, after_step=None,
           progress=True, resume=None):
     """Train in place for tc.steps steps, or until the first zero-error check with tc.until_verified.
@@ -147,9 +141,14 @@ def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None
         stop.append(signum)
     main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    # The embedding's backward (W_E[tokens]: an index_put with accumulate) adds rows in a thread-dependent
+    # order with more than one CPU thread; the deterministic version makes a run repeatable.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _train(model, tc, device, after_backward, after_step, progress, resume, stop)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         if main_thread:
             signal.signal(signal.SIGINT, old_handler)
 
@@ -200,7 +199,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
             losses[step] = per_pos.detach()
             done = step + 1
             if tc.check_every > 0 and (done % tc.check_every == 0 or done == tc.steps):
-                found = check(model, tc, check_gen)
+                found = check(model, tc.task, tc.n_digits, tc.check_questions, check_gen)
                 checks.append({"step": done, "seconds": round(before + time.time() - t0, 3), "errors": found})
                 if verified is None and not any(found.values()):
                     verified = done
@@ -247,15 +246,17 @@ def verify_count(s):
     return "all" if s == "all" else positive(int)(s)
 
 
-def share(s):
-    v = positive(float)(s) if s != "0" else 0.0
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {s}")
-    return v
-
-
-def non_negative(s):
-    return 0.0 if s in ("0", "0.0") else positive(float)(s)
+def bounded(low, high=math.inf):
+    """An argparse type: a float from low to high."""
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, not {s}")
+        return v
+    return parse
 
 
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
@@ -279,11 +280,11 @@ def build_parser():
                    "(default: 6000 add, 8000 sub, 12000 mix at 5 digits, x1.25 per digit above 5)")
     p.add_argument("--batch-size", type=positive(int), help="questions per step (default 256; paper 64)")
     p.add_argument("--lr", type=positive(float), help="peak learning rate (default 3e-3; paper 8e-5)")
-    p.add_argument("--warmup", type=share, help="share of the steps warming up linearly from 1%% of --lr, "
+    p.add_argument("--warmup", type=bounded(0, 1), help="share of the steps warming up linearly from 1%% of --lr, "
                    "then cosine to 0 (default 0.2)")
     p.add_argument("--betas", type=positive(float), nargs=2, metavar=("BETA1", "BETA2"),
                    help="AdamW betas (default 0.9 0.98, as the papers)")
-    p.add_argument("--clip", type=non_negative, help="clip the gradient's L2 norm to this, 0 = off (default 0)")
+    p.add_argument("--clip", type=bounded(0), help="clip the gradient's L2 norm to this, 0 = off (default 0)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
     p.add_argument("--perc-sub", type=float, help="mix: %% of batches that are subtraction (default 50)")
     p.add_argument("--short-operands", dest="p_short", type=float,
@@ -381,23 +382,6 @@ def verify_checkpoint(args, p, device):
     return results
 
 
-def describe(cfg: Config, tc: TrainConfig, device, n_params) -> str:
-    """The settings of a run as readable lines."""
-    checks = (f"every {tc.check_every:,} steps on {tc.check_questions:,} fresh uniform and enriched questions per "
-              f"operation and the named sets" + ("; stop at the first with zero errors" * tc.until_verified)
-              if tc.check_every else "none during training")
-    return "\n".join([
-        f"model:    {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, d_head {cfg.d_head}, "
-        f"d_mlp {cfg.d_mlp}, {cfg.n_digits} digits: {n_params:,} parameters",
-        f"task:     {tc.task}" + (f", {tc.perc_sub:g}% of batches subtraction" if tc.task == "mix" else "")
-        + f"; enrichment {'on' if tc.enrichment else 'off'}, {tc.p_short:.0%} short operands",
-        f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW lr {tc.lr:g} (warm-up {tc.warmup:.0%}, "
-        f"then cosine), betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "
-        f"gradient clipping {f'to norm {tc.clip:g}' if tc.clip else 'off'}",
-        f"checks:   {checks}",
-        f"seed {tc.seed}, device {device}, {torch.get_num_threads()} thread(s)"])
-
-
 # ----------------------------------------------------------------------------- --ask: questions answered by generation
 
 
@@ -449,7 +433,7 @@ def main(argv=None):
     if args.verify == "all" and cfg.n_digits > 3:
         p.error(f"--verify all needs at most 3 digits (10^{2 * cfg.n_digits} questions per operation here)")
     set_threads(cfg)
-    print(describe(cfg, tc, device, sum(p.numel() for p in model.parameters())), flush=True)
+    print(describe(cfg, tc, device, sum(p.numel() for p in model.parameters()), torch.get_num_threads()), flush=True)
     history = train(model, tc, device, progress=not args.no_progress, resume=resume)
     done = history["steps_done"]
     name = free_name(args.out, run_name(tc, cfg, steps=done), args.overwrite)
