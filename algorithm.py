@@ -22,7 +22,7 @@ import interventions as iv
 import plots
 import evaluate
 from algorithm_figure import draw_algorithm
-from analyse import Node, failures, lda_accuracy, pca, replace, sample_questions
+from analyse import Node, failures, lda_accuracy, pca, position_names, replace, sample_questions, tag_values
 
 CLASSES = {"add": ["T8: sum 0-8", "T9: sum 9", "T10: sum 10-18"], "sub": ["D<D'", "D=D'", "D>D'"]}
 
@@ -116,6 +116,74 @@ def step_algorithm(run):
     nodes = {nd: [t for t in old if not t.startswith("Algo")] + tags.get(nd, []) for nd, old in run.nodes.items()}
     draw_algorithm(result, run.cfg, os.path.join(run.out, "algorithm.png"))
     return iv.discovery_markdown(result, run.cfg, figure="algorithm.png"), nodes, result
+
+
+SUBTASK_WORDS = {  # one phrase per sub-task, for the plain-words summary ("Understanding Addition", section 3)
+    "SA": "base add, (D_k + D'_k) % 10", "SC": "make carry: column k-1 sums to 10 or more",
+    "SS": "make sum 9: column k-1 sums to 9, so a carry from below passes through it",
+    "ST": "cascade: a carry passed up from lower columns through sum-9 columns",
+    "MD": "base difference, (D_k - D'_k) % 10, when D >= D'",
+    "MB": "make borrow: D_(k-1) < D'_(k-1)",
+    "MZ": "equal digits in column k-1, so a borrow passes through it", "MT": "borrow cascade",
+    "ND": "base difference of a negative answer, (D'_k - D_k) % 10", "NB": "make borrow, on D' - D",
+    "NZ": "equal digits, on D' - D", "NT": "borrow cascade, on D' - D",
+    "SGN": "the answer's sign", "OPR": "the operator (+ or -)"}
+FAMILY_WORDS = {"add": "addition", "sub": "subtraction, D >= D'", "neg": "subtraction, negative answer",
+                "sign": "sign", "operator": "operator"}
+
+
+def algorithm_in_words(result, nodes, cfg, task) -> str:
+    """The verified algorithm in plain words, for the top of report.md: one definition paragraph, then one
+    line per answer digit (and per operation family, for mixed models) naming the nodes whose strong
+    tests passed for each sub-task, what each head reads (its Attn tags: key token, % of its attention),
+    the combiners, and "no single node or pair was found for X" where none passed. `result` is
+    interventions.discover's dict (algorithm.json), `nodes` {Node: tags} (nodes.json via analyse.read_nodes),
+    `cfg` the model's Config, `task` 'add' | 'sub' | 'mix'. Returns markdown (str)."""
+    names, n, info = position_names(cfg.n_digits, task), cfg.n_digits, result["nodes"]
+    tags = {nd.name: tg for nd, tg in nodes.items()}
+
+    def who(name, seen):  # 'P14.L0.H0 (reads `D3` 48%, `D'3` 47%)', the reads only where first named
+        reads = [f"`{names[int(k)]}` {v}%" for k, v in (a.split("=") for a in tag_values(tags.get(name, []), "Attn"))
+                 if int(v) >= 10]
+        first, _ = name not in seen, seen.add(name)
+        return name + (f" (reads {', '.join(reads)})" if reads and first and not name.endswith("MLP") else "")
+    used = {c["subtask"] for c in result["claims"]}
+    order = [t for ts in framework.FAMILIES.values() for t in ts if t in used]
+    lines = ["## The algorithm in words", "",
+             "Each answer digit A_k (k = 0 is the units digit) is built from sub-tasks of the operands' digits D_k "
+             "and D'_k (column k): " + "; ".join(f"**{t}** {SUBTASK_WORDS[t]}" for t in order) + ". A node is a "
+             "head or an MLP at one position (`P14.L0.H1`: position 14, layer 0, head 1); it *does* a sub-task when "
+             "copying its output from one question into another changes the answer exactly as that sub-task "
+             f"predicts on at least {100 * result['threshold']:.0f}% of question pairs (an interchange intervention, "
+             "defined in the algorithm section below). A head's percentages are the share of its attention on each "
+             "token; a *combiner* carries every sub-task of its digit.", ""]
+    whole = [c for c in result["claims"] if c["column"] is None]
+    for k in sorted({c["digit"] for c in whole}, reverse=True):
+        label = "The sign" if k == n + 1 else f"A{k}"
+        for fam in dict.fromkeys(c["family"] for c in whole if c["digit"] == k):
+            claims, seen, parts = [c for c in whole if c["digit"] == k and c["family"] == fam], set(), []
+            single = sum(c["tested"] for c in claims) == 1  # one sub-task: its combiners simply do it
+            comb = [x for x, e in info.items() if any(e["kinds"].get(c["claim"]) == "combiner" for c in claims)]
+            for c in claims:
+                t, cl = c["subtask"], c["claim"]
+                alone = [x for x, e in info.items() if e["kinds"].get(cl) == "specific" or single and cl in e["kinds"]]
+                pairs = {tuple(sorted([x, p])) for x, e in info.items() for c2, p, _ in e["pairs"] if c2 == cl}
+                found = [who(x, seen) for x in alone] + [f"{a} and {b} together" for a, b in sorted(pairs)]
+                if not c["tested"]:
+                    parts.append(f"{t} was not tested (too few question pairs the model answers right)")
+                elif found:
+                    parts.append(f"{t} is done by " + " or by ".join(found))
+                elif any(cl in info[x]["kinds"] for x in comb):
+                    parts.append(f"{t} only by the combiner{'s' if len(comb) > 1 else ''}")
+                else:
+                    parts.append(f"no single node or pair was found for {t}")
+            fams = f", {FAMILY_WORDS[fam]}" if len({c["family"] for c in whole}) > 1 and fam != "sign" else ""
+            tail = "" if single or not comb else (f" {' and '.join(who(x, seen) for x in comb)} combine"
+                                                  f"{'s' if len(comb) == 1 else ''} them (every sub-task of {label}).")
+            where = f"predicted at position {iv.answer_position(k, n)}{fams}"
+            lines.append(f"- **{label}** ({where}): " + "; ".join(parts) + "." + tail)
+    return "\n".join(lines) + "\n"
+
 
 # --- end of discovery's block ---
 

@@ -14,6 +14,7 @@ papers' findings, so they stay true for any checkpoint.
 """
 import functools
 import glob
+import json
 import os
 import sys
 import time
@@ -332,11 +333,18 @@ def write_report(run):
              f"below and its logits predict the token at p+1, so the answer is read at positions "
              f"{data.logit_slice(n).start}..{data.logit_slice(n).stop - 1} (`=` predicts the sign). A node is a "
              f"head or an MLP at one position, written `P<position>.L<layer>.H<head>` or `P<position>.L<layer>.MLP`.")
+    found, tags = os.path.join(run.out, "algorithm.json"), os.path.join(run.out, "nodes.json")
+    if os.path.exists(found) and os.path.exists(tags):  # the algorithm in words opens the report
+        with open(found) as f:
+            words = algorithm.algorithm_in_words(json.load(f), read_nodes(tags, cfg), cfg, run.task)
+    else:
+        words = ("The algorithm in plain words needs the algorithm step, which has not run here: "
+                 f"`python analyse.py {run.checkpoint or 'CHECKPOINT'} --only nodes algorithm`.")
     sections = [open(p).read() for p in sorted(glob.glob(os.path.join(run.out, "sections", "*.md")))]
     titles = [s.splitlines()[0][3:] for s in sections if s.startswith("## ")]
     toc = "\n".join(f"- {t}" for t in titles)
-    text = "\n\n".join([f"# Analysis of {run.name}", table(["", ""], about), intro, "Contents:\n\n" + toc]
-                       + sections)
+    text = "\n\n".join([f"# Analysis of {run.name}", words.rstrip(), table(["", ""], about), intro,
+                        "Contents:\n\n" + toc] + sections)
     with open(os.path.join(run.out, "report.md"), "w") as f:
         f.write(text + "\n")
 

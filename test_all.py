@@ -1524,6 +1524,68 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
     assert "drop --seed" in cli_error(bench.main, ["--seeds", "2", "--seed", "4"])
 
 
+# ============================================================================= the algorithm in words (report opening)
+
+
+def _words_case():
+    """A constructed discovery on the 3-digit adder's positions (A2 at 9, A1 at 10, A0 at 11) and its nodes."""
+    import interventions as iv
+    from analyse import Node
+    claims = [{"claim": f"A{k}.{t}", "digit": k, "subtask": t, "column": None, "family": "add", "tested": t != "ST"}
+              for k, ts in ((2, ("SA", "SC", "SS", "ST")), (1, ("SA", "SC")), (0, ("SA",))) for t in ts]
+    test = lambda claim, nodes, verdict: {"claim": claim, "nodes": nodes, "verdict": verdict,  # noqa: E731
+                                          "kind": "pair" if len(nodes) > 1 else "useful"}
+    tests = [test("A2.SA", ["P9.L0.H1"], "strong"), test("A2.SC", ["P9.L0.H0", "P9.L0.H2"], "strong")]
+    tests += [test(f"A2.{t}", ["P9.L1.MLP"], "strong") for t in ("SA", "SC", "SS")]  # every tested one: combiner
+    tests += [test("A1.SA", ["P10.L0.MLP"], "strong"), test("A1.SC", ["P10.L1.H0"], "weak"),  # nobody passes A1.SC
+              test("A0.SA", ["P11.L0.MLP"], "strong")]
+    tags = {Node.parse(x): [] for x in ("P9.L0.H0", "P9.L0.H2", "P9.L1.MLP", "P10.L0.MLP", "P10.L1.H0", "P11.L0.MLP")}
+    tags[Node.parse("P9.L0.H1")] = ["Attn.0=48", "Attn.4=47", "Attn.7=3"]  # D2, D'2 and (under 10%, unnamed) =
+    result = {"claims": claims, "tests": tests, "threshold": 0.9}
+    result["nodes"] = iv._node_purposes(result, tags)
+    return result, tags
+
+
+def test_algorithm_in_words_names_the_passing_nodes_and_the_gaps():
+    import algorithm
+    cfg = Config(n_digits=3)
+    result, tags = _words_case()
+    text = algorithm.algorithm_in_words(result, tags, cfg, "add")
+    lines = {ln.split("**")[1]: ln for ln in text.splitlines() if ln.startswith("- **")}
+    assert list(lines) == ["A2", "A1", "A0"] and "**SA** base add" in text and "90%" in text
+    assert "(predicted at position 9)" in lines["A2"]
+    assert "SA is done by P9.L0.H1 (reads `D2` 48%, `D'2` 47%)" in lines["A2"] and "`=`" not in lines["A2"]
+    assert "SC is done by P9.L0.H0 and P9.L0.H2 together" in lines["A2"] and "SS only by the combiner" in lines["A2"]
+    assert "ST was not tested" in lines["A2"] and "P9.L1.MLP combines them" in lines["A2"]
+    assert "SA is done by P10.L0.MLP" in lines["A1"] and "no single node or pair was found for SC" in lines["A1"]
+    assert "P10.L1.H0" not in text  # a weak pass is no purpose
+    assert lines["A0"].endswith("SA is done by P11.L0.MLP.")  # A0's one sub-task: its combiner simply does it
+    # the text follows the measurements: plant a pass of A1.SC and the gap is gone, the node named
+    result["tests"].append({"claim": "A1.SC", "nodes": ["P10.L1.H0"], "verdict": "strong", "kind": "useful"})
+    import interventions as iv
+    result["nodes"] = iv._node_purposes(result, tags)
+    text = algorithm.algorithm_in_words(result, tags, cfg, "add")
+    assert "no single node or pair was found" not in text and "SC is done by P10.L1.H0" in text
+
+
+def test_report_opens_with_the_algorithm_in_words_or_names_the_command():
+    import report
+    from analyse import write_nodes, write_json
+    with tempfile.TemporaryDirectory() as out:
+        args = [TINY_ADD3, "--out", out, "--questions", "64", "--no-progress", "--only", "accuracy"]
+        assert report.main(args) == 0
+        text = open(os.path.join(out, "report.md")).read()
+        assert "has not run here" in text and f"`python analyse.py {TINY_ADD3} --only nodes algorithm`" in text
+        result, tags = _words_case()
+        write_json(os.path.join(out, "algorithm.json"), result)
+        write_nodes(os.path.join(out, "nodes.json"), tags, load_model(TINY_ADD3)[0].cfg)
+        assert report.main(args) == 0
+        text = open(os.path.join(out, "report.md")).read()
+        assert text.startswith("# Analysis of add_d3_l2_h3_t1K_s0\n\n## The algorithm in words\n")
+        assert "SA is done by P9.L0.H1 (reads `D2` 48%" in text and "has not run here" not in text
+        assert text.index("The algorithm in words") < text.index("| checkpoint |")
+
+
 # ============================================================================= runner
 
 
