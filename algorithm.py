@@ -151,8 +151,10 @@ def algorithm_in_words(result, nodes, cfg, task) -> str:
     order = [t for ts in framework.FAMILIES.values() for t in ts if t in used]
     lines = ["## The algorithm in words", "",
              "Each answer digit A_k (k = 0 is the units digit) is built from sub-tasks of the operands' digits D_k "
-             "and D'_k (column k): " + "; ".join(f"**{t}** {SUBTASK_WORDS[t]}" for t in order) + ". A node is a "
-             "head or an MLP at one position (`P14.L0.H1`: position 14, layer 0, head 1); it *does* a sub-task when "
+             "and D'_k (column k): " + "; ".join(f"**{t}** {SUBTASK_WORDS[t]}" for t in order) + ". Positions "
+             "number the question's tokens from 0, and each digit is predicted at the position just before it. "
+             "A node is a head or an MLP at one position (`P14.L0.H1`: position 14, layer 0, head 1); it *does* "
+             "a sub-task when "
              "copying its output from one question into another changes the answer exactly as that sub-task "
              f"predicts on at least {100 * result['threshold']:.0f}% of question pairs (an interchange intervention, "
              "defined in the algorithm section below). A head's percentages are the share of its attention on each "

@@ -334,9 +334,12 @@ def write_report(run):
              f"{data.logit_slice(n).start}..{data.logit_slice(n).stop - 1} (`=` predicts the sign). A node is a "
              f"head or an MLP at one position, written `P<position>.L<layer>.H<head>` or `P<position>.L<layer>.MLP`.")
     found, tags = os.path.join(run.out, "algorithm.json"), os.path.join(run.out, "nodes.json")
-    if os.path.exists(found) and os.path.exists(tags):  # the algorithm in words opens the report
+    result = {}
+    if os.path.exists(found) and os.path.exists(tags):
         with open(found) as f:
-            words = algorithm.algorithm_in_words(json.load(f), read_nodes(tags, cfg), cfg, run.task)
+            result = json.load(f)
+    if "claims" in result:  # the algorithm in words opens the report (an older algorithm.json has no claims)
+        words = algorithm.algorithm_in_words(result, read_nodes(tags, cfg), cfg, run.task)
     else:
         words = ("The algorithm in plain words needs the algorithm step, which has not run here: "
                  f"`python analyse.py {run.checkpoint or 'CHECKPOINT'} --only nodes algorithm`.")
