@@ -4,8 +4,8 @@ MLPs a grown add-and-subtract model still uses for addition, for subtraction wit
 for subtraction with a negative one ("shared" when several), as in "Increasing Trust in Language Models
 through the Reuse of Verified Circuits" (the section on the reused addition circuits).
 
-    python reuse_nodes.py checkpoints/ins1_mix_d6_l3_h4_t1.5K_s1.pt              # every head and MLP
-    python reuse_nodes.py checkpoints/ins1_mix_d6_l3_h4_t1.5K_s1.pt --layers 0 1 --min-correct 50
+    python reuse_nodes.py unverified/ins1_mix_d6_l3_h4_t1.5K_s1.pt              # every head and MLP
+    python reuse_nodes.py unverified/ins1_mix_d6_l3_h4_t1.5K_s1.pt --layers 0 1 --min-correct 50
 
 A node here is a head or an MLP of one layer, ablated at one position at a time (every position that can
 affect an answer) with analyse.py's per-layer means and hook. The questions are analyse.py's varied set,
