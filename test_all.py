@@ -19,7 +19,8 @@ import data
 import evaluate
 import train
 import model as model_lib
-from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model, save_model
+from artefacts import save_model
+from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
 HERE = os.path.dirname(os.path.abspath(__file__))
