@@ -16,7 +16,7 @@ import torch
 from evaluate import FRESH
 from model import CheckpointError, Config, Transformer
 
-# ----------------------------------------------------------------------------- checkpoints (model.load_model reads them)
+# ----------------------------------------------------------------------------- checkpoints: saving
 
 
 def plain(value):

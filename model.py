@@ -381,7 +381,7 @@ class Transformer(nn.Module):
             return tokens
         return tokens, torch.stack(probs, 1) if probs else torch.zeros(len(tokens), 0, dtype=torch.float64)
 
-# ----------------------------------------------------------------------------- checkpoints (artefacts.save_model writes them)
+# ----------------------------------------------------------------------------- checkpoints: loading
 
 
 class CheckpointError(ValueError):
@@ -400,8 +400,8 @@ def config_from_tl_state_dict(sd: dict) -> Config:
 
 
 def load_model(path, device=None):
-    """Load a checkpoint written by `artefacts.save_model`, or a TransformerLens-format state dict.
-    Returns (model in eval mode, info dict). Never unpickles code (weights_only=True)."""
+    """Load a checkpoint written by `artefacts.save_model`, or a TransformerLens-format state
+    dict. Returns (model in eval mode, info dict). Never unpickles code (weights_only=True)."""
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
