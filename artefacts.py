@@ -3,16 +3,79 @@ What a training run leaves behind, in one folder (runs/ by default): <name>.pt (
 <name>.json (configs, losses overall and per answer position, the checks, the verification results),
 <name>_loss.png (the loss curves and the errors at each check) and, after Ctrl-C, <name>.resume.pt
 (everything `train.py --resume` needs to continue the run). Every file is written atomically.
-`tc` below is a train.TrainConfig.
+`tc` below is a train.TrainConfig. Checkpoints are written here (`save_model`) and read by `model.load_model`.
 """
+import io
 import json
 import os
+import tempfile
 from dataclasses import asdict
 
 import torch
 
 from evaluate import FRESH
-from model import CheckpointError, Config, Transformer, save_model
+from model import CheckpointError, Config, Transformer
+
+# ----------------------------------------------------------------------------- checkpoints: saving
+
+
+def plain(value):
+    """numpy scalars and 0-d tensors or arrays -> Python numbers, other numpy arrays -> lists, tensors -> CPU
+    copies, through dicts, lists and tuples: values that `torch.load(weights_only=True)` reads back."""
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value] if isinstance(value, list) else tuple(plain(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.dim() == 0 else value.detach().cpu()
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numpy, without importing it
+        return value.tolist()  # a scalar or 0-d array gives a Python number
+    return value
+
+
+def unreadable(value, where="info"):
+    """Where in `value` lies something that `torch.load(weights_only=True)` cannot read back (for example
+    `info['run'][2]`) and its type name, or None when all of it round-trips."""
+    try:
+        buf = io.BytesIO()
+        torch.save(value, buf)
+        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+        return None
+    except Exception:  # pickling or unpickling failed: find the innermost part that fails
+        seq = isinstance(value, (list, tuple))
+        parts = value.items() if isinstance(value, dict) else enumerate(value) if seq else ()
+        found = [f for k, v in parts for f in [unreadable(v, f"{where}[{k!r}]")] if f]
+        return found[0] if found else (where, type(value).__name__)
+
+
+def save_model(path, model: Transformer, **info):
+    """Write {format, state_dict, config, info} atomically: a temp file in the same folder, then rename,
+    so an interrupted save never leaves a half-written checkpoint behind. `info` goes through `plain`;
+    anything still unreadable by `torch.load(weights_only=True)` raises CheckpointError, naming it,
+    before a byte is written, so a checkpoint that saves always loads."""
+    path = str(path)
+    info = plain(info)
+    found = unreadable(info)
+    if found:
+        raise CheckpointError(f"{path}: not saved: {found[0]} is a {found[1]}, which torch.load(weights_only=True) "
+                              "cannot read back; store numbers, strings, lists, dicts or tensors")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = {"format": "verified-arithmetic/1", "state_dict": state, "config": asdict(model.cfg), "info": info}
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is for sharing
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+# ----------------------------------------------------------------------------- a training run's files
 
 
 def run_name(tc, cfg: Config, prefix="", steps=None):

@@ -119,7 +119,7 @@ def main(argv=None):
         threads = torch.get_num_threads()
         return peak.get(threads) or matmul_rate(threads)
 
-    print(f"machine float32 matmul: " + ", ".join(f"{r / 1e9:.1f} GFLOP/s on {t} thread(s)" for t, r in peak.items()))
+    print("machine float32 matmul: " + ", ".join(f"{r / 1e9:.1f} GFLOP/s on {t} thread(s)" for t, r in peak.items()))
 
     rows = {}
     for label, argv in [("default", ["--task", "add", "--digits", "5"]), ("paper", ["--preset", "add_d5_l2_h3_t15K"])]:

@@ -40,8 +40,10 @@ from analyse import Node, tag_values
 THRESHOLD = 0.9  # share of pairs a claim must pass; the controls' rates are reported beside it
 SCREEN = 20      # pairs every test runs on first
 SUCCESSOR = {"heads": 54, "MLPs": 0}  # % of useful nodes given a purpose by the successor library's search
+# the sub-task families (framework.FAMILIES) searched for a model's task
+FAMILIES_OF_TASK = {"add": ["add"], "sub": ["sub", "neg", "sign"], "mix": ["add", "sub", "neg", "sign", "operator"]}
 
-# ----------------------------------------------------------------------------- nodes
+# ----------------------------------------------------------------------------- nodes and interventions
 
 
 def all_nodes(cfg):
@@ -49,15 +51,9 @@ def all_nodes(cfg):
     return [Node(p, l, h) for p in range(cfg.n_ctx) for l in range(cfg.n_layers) for h in [*range(cfg.n_heads), None]]
 
 
-def _is_site(name):
-    return name.endswith("attn.hook_z") or name.endswith("mlp.hook_post")
-
-
 def answer_position(k, n):
     """The position whose logits predict answer digit k (the sign, k = n+1, is predicted at `=`)."""
     return 3 * n + 2 - k
-
-# ----------------------------------------------------------------------------- interventions
 
 
 def _put(x, hook, patches, B):
@@ -70,7 +66,7 @@ def _put(x, hook, patches, B):
 def store_cache(model, store):
     """The activations interventions copy: {hook name: (B, P, ...)} for every hook_z and hook_post."""
     with torch.inference_mode():
-        return model.run_with_cache(store, names=_is_site)[1]
+        return model.run_with_cache(store, names=lambda name: name.endswith(("attn.hook_z", "mlp.hook_post")))[1]
 
 
 @torch.inference_mode()
@@ -111,20 +107,17 @@ def claim_pairs(model, task, k, n_pairs, gen):
 # ----------------------------------------------------------------------------- one claim
 
 
-def claim_name(task, k, column=None):
-    """'A3.SA'; a cascade sub-task from one column: 'A5.ST(D2)'."""
-    return f"A{k}.{task}" + ("" if column is None else f"(D{column})")
-
-
 class Claim:
     """Sub-task `task` of answer digit k (from cascade column `column`, if given) with its pairs: store,
     alter, expected, chain (the expected answer if a cascade column's state reaches every digit up to
-    A_k; else the same) and decoy stores, each (B, ...), all answered right by the model."""
+    A_k; else the same) and decoy stores, each (B, ...), all answered right by the model. Named 'A3.SA',
+    or for a cascade sub-task from one column 'A5.ST(D2)'."""
 
     def __init__(self, model, task, k, n_pairs, gen, column=None):
         n = model.cfg.n_digits
         self.task, self.k, self.column, self.col = task, k, column, n + 1 - k  # col: answer token index
-        self.name, self.position = claim_name(task, k, column), answer_position(k, n)
+        self.name = f"A{k}.{task}" + ("" if column is None else f"(D{column})")
+        self.position = answer_position(k, n)
         store, alter, expected, chain = framework.make_pairs(task, k, n, n_pairs, gen, column=column, chain=True)
         decoy = framework.make_decoys(task, k, n, alter, gen, column)
         ok = (evaluate.score(model, store, n, with_loss=False)[0] & evaluate.score(model, alter, n, with_loss=False)[0]
@@ -144,12 +137,10 @@ class Claim:
             self.caches[decoy] = store_cache(model, self.decoy if decoy else self.store)
         cache = {name: act[rows] for name, act in self.caches[decoy].items()}
         pred = intervene(model, None, self.alter[rows], sets, cache)                 # (S, b, n+2)
-        exp, truth, c = self.expected[rows], self.truth[rows], self.col
-        alt = self.chain[rows]
+        exp, alt, truth, c = self.expected[rows], self.chain[rows], self.truth[rows], self.col
         exact = (pred == exp).all(2) | (pred == alt).all(2)                              # (S, b)
         digit = (pred[:, :, c] == exp[None, :, c]) | (pred[:, :, c] == alt[None, :, c])
-        return torch.stack([exact.sum(1), digit.sum(1),
-                            (pred[:, :, c] != truth[None, :, c]).sum(1)], 1)
+        return torch.stack([exact.sum(1), digit.sum(1), (pred[:, :, c] != truth[None, :, c]).sum(1)], 1)
 
 
 def run_tests(model, claim, sets, threshold, screen=SCREEN):
@@ -160,9 +151,8 @@ def run_tests(model, claim, sets, threshold, screen=SCREEN):
     B = len(claim)
     if not sets:
         return []
-    first = claim.measure(model, sets, slice(0, screen))                              # (S, 3)
-    counts, pairs = first.clone(), torch.full((len(sets),), min(screen, B))
-    go = (first[:, 1] * 2 >= pairs).nonzero().flatten().tolist() if B > screen else []
+    counts, pairs = claim.measure(model, sets, slice(0, screen)), torch.full((len(sets),), min(screen, B))  # (S, 3)
+    go = (counts[:, 1] * 2 >= pairs).nonzero().flatten().tolist() if B > screen else []
     if go:
         counts[go] += claim.measure(model, [sets[i] for i in go], slice(screen, B))
         pairs[go] = B
@@ -200,15 +190,10 @@ def same_position_pairs(nodes):
     return [list(p) for p in itertools.combinations(sorted(nodes), 2) if p[0].position == p[1].position]
 
 
-def families_of(task):
-    """The sub-task families searched for a model's task (framework.FAMILIES)."""
-    return {"add": ["add"], "sub": ["sub", "neg", "sign"], "mix": ["add", "sub", "neg", "sign", "operator"]}[task]
-
-
 def claims_of(task, n):
     """Every (sub-task, answer digit k, cascade column or None) of a task, in answer order (the sign and
     high digits first; a cascade's single columns after the whole cascade)."""
-    order = [t for f in families_of(task) for t in framework.FAMILIES[f]]
+    order = [t for f in FAMILIES_OF_TASK[task] for t in framework.FAMILIES[f]]
     out = [(t, k, j) for t in order for k in framework.subtask_digits(t, n)
            for j in [None] + framework.cascade_columns(t, k)]
     return sorted(out, key=lambda c: (-c[1], order.index(c[0]), -1 if c[2] is None else -c[2]))
@@ -284,21 +269,21 @@ def _kinds(result):
     cascade columns; for A0 that is SA alone), a specific node only some. The sign and the operator
     are purposes of their own, always specific."""
     info = {c["claim"]: c for c in result["claims"]}
+    strong = [t for t in result["tests"] if t["verdict"] == "strong" and t["kind"] != "unused"]
     tested, passed = {}, {}
     for c in result["claims"]:
         if c["tested"] and c["column"] is None:
             tested.setdefault((c["digit"], c["family"]), set()).add(c["subtask"])
-    for t in result["tests"]:
+    for t in strong:
         c = info[t["claim"]]
-        if t["verdict"] == "strong" and t["kind"] != "unused" and c["column"] is None:
+        if c["column"] is None:
             passed.setdefault((tuple(t["nodes"]), c["digit"], c["family"]), set()).add(c["subtask"])
     kinds = {}
-    for t in result["tests"]:
-        if t["verdict"] == "strong" and t["kind"] != "unused":
-            c = info[t["claim"]]
-            every = passed.get((tuple(t["nodes"]), c["digit"], c["family"])) == tested.get((c["digit"], c["family"]))
-            whole = every and c["family"] in ("add", "sub", "neg")
-            kinds[(tuple(t["nodes"]), t["claim"])] = "combiner" if whole else "specific"
+    for t in strong:
+        c = info[t["claim"]]
+        every = passed.get((tuple(t["nodes"]), c["digit"], c["family"])) == tested.get((c["digit"], c["family"]))
+        whole = every and c["family"] in ("add", "sub", "neg")
+        kinds[(tuple(t["nodes"]), t["claim"])] = "combiner" if whole else "specific"
     return kinds
 
 
@@ -308,9 +293,9 @@ def _node_purposes(result, tags):
     (a purpose only together with another node), 'weak' or 'none'."""
     kinds, out = _kinds(result), {}
     for nd, tg in tags.items():
-        att = [tuple(int(v) for v in a.split("=")) for a in tag_values(tg, "Attn")]
+        attends = [[int(v) for v in a.split("=")] for a in tag_values(tg, "Attn")]  # 'Attn' tags: 'key position=%'
         out[nd.name] = {"is_mlp": nd.is_mlp, "position": nd.position, "layer": nd.layer, "strong": [], "pairs": [],
-                        "weak": [], "kinds": {}, "attends": [list(a) for a in att]}
+                        "weak": [], "kinds": {}, "attends": attends}
     for t in result["tests"]:
         if t["kind"] not in ("useful", "pair") or t["verdict"] not in ("strong", "weak"):
             continue
@@ -431,7 +416,7 @@ def discovery_markdown(result, cfg, figure=None) -> str:
               f"control test reached ({100 * top:.0f}%): on 100 pairs, a node whose true rate were that high would "
               f"reach the threshold by chance with a binomial probability of "
               f"{_tail(top, result['pairs_per_claim'], tau):.0e}.", ""]
-    kinds = {k: v for k, v in _kinds(result).items()}
+    kinds = _kinds(result)
     by = {}
     for t in result["tests"]:
         if t["kind"] in ("useful", "pair") and t["verdict"] in ("strong", "weak"):

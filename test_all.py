@@ -19,7 +19,8 @@ import data
 import evaluate
 import train
 import model as model_lib
-from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model, save_model
+from artefacts import save_model
+from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -336,7 +337,7 @@ def test_cli_trains_and_verifies_a_checkpoint():
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--task", "sub")
         assert code != 0 and "is an add model" in err
 
-# ============================================================================= analyse (issue 4)
+# ============================================================================= analyse (ablations, useful nodes, plots, report)
 
 
 def _analysed(n_questions=128):
@@ -451,7 +452,7 @@ def test_analyse_cli_writes_report_and_nodes():
             msg = cli_error(report.main, args + ["--out", out])
             assert msg.startswith("analyse.py: error:") and len(msg.splitlines()) == 1 and says in msg, (args, msg)
 
-# ============================================================================= algorithm (issue 5)
+# ============================================================================= algorithm (sub-task framework, PCA, interventions)
 
 
 def test_framework_agrees_with_integers_on_every_3_digit_pair():
@@ -514,7 +515,7 @@ def test_interventions_self_patch_positive_control_and_unused_node():
     passes, total = iv.test_claim(model, store, alter, want, [Node(0, 0, 0)])
     assert passes == 0 and total == len(alter)
 
-# ============================================================================= reuse (issue 6)
+# ============================================================================= reuse (reuse.py, reuse_nodes.py)
 
 TINY_ADD3 = os.path.join(HERE, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0.pt")  # 3-digit add, 100% on all 10^6
 
@@ -551,7 +552,7 @@ def test_reuse_insert_copies_every_tensor():
         assert torch.equal(model.blocks[free].attn.W_Q, fresh.blocks[free].attn.W_Q)
         assert torch.equal(model.blocks[offset].attn.W_Q[3], fresh.blocks[offset].attn.W_Q[3])
     faithful = Transformer(cfg, torch.Generator().manual_seed(1))
-    reuse.insert(src, faithful, faithful=True)  # the reference copies Q/K/V but not W_O, ln2, b_U (SPEC 3.2)
+    reuse.insert(src, faithful, faithful=True)  # the papers' Math_Train copies Q/K/V, not W_O, ln2, b_U
     assert torch.equal(faithful.blocks[0].attn.W_Q[:3], src.blocks[0].attn.W_Q)
     assert not torch.equal(faithful.blocks[0].attn.W_O[:3], src.blocks[0].attn.W_O)
     assert not torch.equal(faithful.blocks[1].ln2.w, src.blocks[1].ln2.w)
@@ -1021,7 +1022,8 @@ def test_ctrl_c_at_the_command_line_saves_names_and_exits_non_zero():
         assert proc.returncode == 130 and "Traceback" not in err, err
         names = sorted(os.listdir(d))
         assert len(names) == 4 and names[0].endswith("_s1.json") and "_t100K_" not in names[0], (names, out, err)
-        assert "not checked" in out and "--resume" in out and not any("uniform" in line for line in out.splitlines())
+        table = [line for line in out.splitlines() if line.startswith(("uniform:", "add uniform"))]  # verify's
+        assert "not checked" in out and "--resume" in out and not table, out
         resume = os.path.join(d, [n for n in names if n.endswith(".resume.pt")][0])
         code, _, err = run_cli("--resume", resume, "--lr", "1", "--no-progress")
         assert code == 2 and "drop --lr" in err

@@ -19,7 +19,6 @@ during training); a different thread count or CPU can change the last bits, and 
 Left out on purpose: dropout (the papers use none), validation splits (every batch is fresh), and
 multiplication.
 """
-import argparse
 import ctypes
 import math
 import os
@@ -34,8 +33,9 @@ from tqdm import tqdm
 
 import data
 from artefacts import describe, free_name, load_resume, run_name, save_resume, write_outputs
+from cli import Parser, bounded, open_checkpoint, positive, verify_count
 from evaluate import answer_nll, ask_lines, check, report, verify
-from model import CheckpointError, Config, Transformer, load_model, pick_device
+from model import CheckpointError, Config, Transformer, pick_device
 
 # ----------------------------------------------------------------------------- configurations
 
@@ -224,43 +224,6 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
 # ----------------------------------------------------------------------------- command line
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad value in one line (no usage block) and exits with status 2."""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def positive(kind):
-    def parse(s):
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{s!r} is not a {kind.__name__}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, not {s}")
-        return v
-    return parse
-
-
-def verify_count(s):
-    return "all" if s == "all" else positive(int)(s)
-
-
-def bounded(low, high=math.inf):
-    """An argparse type: a float from low to high."""
-    def parse(s):
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-        if not low <= v <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, not {s}")
-        return v
-    return parse
-
-
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
                "weight_decay", "perc_sub", "seed", "p_short", "warmup", "clip", "betas", "check_every",
                "check_questions", "until_verified", "preset")
@@ -352,21 +315,6 @@ def resolve(args, p):
                      check_every=check_every, until_verified=bool(b.get("until_verified")),
                      check_questions=b.get("check_questions", defaults.check_questions))
     return cfg, tc
-
-
-def open_checkpoint(p, path, task=None, device="cpu"):
-    """Load a checkpoint for a command line: (model, info, task), or a one-line error through parser p.
-    `task` is what the user asked for: required when the checkpoint does not say (TransformerLens files)."""
-    try:
-        model, info = load_model(path, device)
-    except CheckpointError as e:
-        p.error(str(e))
-    found = info.get("task") or task
-    if found is None:
-        p.error(f"{path}: the checkpoint does not say its task: give --task add, sub or mix")
-    if task and task != found:
-        p.error(f"{path}: is {'an' if found == 'add' else 'a'} {found} model, not {task}")
-    return model, info, found
 
 
 def verify_checkpoint(args, p, device):

@@ -9,8 +9,6 @@ project's functions (a copy would drift from the code the checkers trust).
 """
 from dataclasses import replace
 
-import torch
-
 import analyse
 import data
 import evaluate
