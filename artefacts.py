@@ -8,6 +8,7 @@ What a training run leaves behind, in one folder (runs/ by default): <name>.pt (
 import io
 import json
 import os
+import time
 import tempfile
 from dataclasses import asdict
 
@@ -150,6 +151,24 @@ def write_outputs(out, name, model, tc, history, results=None, **extra):
     fig.savefig(os.path.join(out, name + "_loss.tmp.png"), dpi=110)
     os.replace(os.path.join(out, name + "_loss.tmp.png"), os.path.join(out, name + "_loss.png"))
     return os.path.join(out, name + ".pt")
+
+
+def record_verification(checkpoint, results, n_questions, seconds):
+    """Add a `--verify` of a saved checkpoint to its .json (beside the .pt; created if missing, e.g. for a
+    TransformerLens file) under "verifications": [{"questions" (per operation, or 'all'), "seconds",
+    "utc", "results" (evaluate.verify's dict)}], written atomically. Returns the .json's path."""
+    path = os.path.splitext(checkpoint)[0] + ".json"
+    js = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            js = json.load(f)
+    js.setdefault("verifications", []).append(dict(
+        questions=n_questions, seconds=round(seconds, 1), results=results,
+        utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())))
+    with open(path + ".tmp", "w") as f:
+        json.dump(js, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def save_resume(path, model, tc, history):

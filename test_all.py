@@ -334,6 +334,9 @@ def test_cli_trains_and_verifies_a_checkpoint():
         assert names == ["add_d1_l2_h3_t30_s1.json", "add_d1_l2_h3_t30_s1.pt", "add_d1_l2_h3_t30_s1_loss.png"], names
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--verify", "all", "--no-progress")
         assert "add all" in out and code in (0, 1)
+        with open(os.path.join(d, names[0])) as f:  # the check is recorded in the checkpoint's .json
+            done = json.load(f)["verifications"]
+        assert len(done) == 1 and done[0]["questions"] == "all" and done[0]["results"]["add all"]["questions"] == 100
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--task", "sub")
         assert code != 0 and "is an add model" in err
 

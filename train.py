@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from artefacts import describe, free_name, load_resume, run_name, save_resume, write_outputs
+from artefacts import describe, free_name, record_verification, load_resume, run_name, save_resume, write_outputs
 from cli import Parser, bounded, open_checkpoint, positive, verify_count
 from evaluate import answer_nll, ask_lines, check, report, verify
 from model import CheckpointError, Config, Transformer, pick_device
@@ -330,7 +330,8 @@ def verify_checkpoint(args, p, device):
     t0 = time.time()
     results = verify(model, task, n, args.verify, seed=info.get("seed", 0), progress=not args.no_progress)
     print(report(results))
-    print(f"verified in {time.time() - t0:.1f}s")
+    path = record_verification(args.checkpoint, results, args.verify, time.time() - t0)
+    print(f"verified in {time.time() - t0:.1f}s; recorded in {path}")
     return results
 
 
