@@ -26,6 +26,7 @@ from tqdm import tqdm  # noqa: E402
 import data  # noqa: E402
 import framework  # noqa: E402
 import interventions as iv  # noqa: E402
+import evaluate  # noqa: E402
 import train  # noqa: E402
 from model import CheckpointError, load_model  # noqa: E402
 
@@ -92,7 +93,7 @@ def pca_scores(model, task, heads, per_class=100, seed=0, progress=True):
     separate from the third) or none. Returns a list of dicts sorted strongest first."""
     n, gen, out = model.cfg.n_digits, torch.Generator().manual_seed(seed), []
     merges = [torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1])]  # T8+T9 | T10 (carry), T8 | T9+T10
-    jobs = [(op, t) for op in train.ops_of(task) for t in range(n)]
+    jobs = [(op, t) for op in evaluate.ops_of(task) for t in range(n)]
     for op, t in tqdm(jobs, desc="pca", disable=not progress, mininterval=0.5):
         tokens, labels = tricase_questions(op, n, t, per_class, gen)
         with torch.inference_mode():
@@ -149,20 +150,20 @@ def _fails(model, tokens, n, hooks=()):
     with torch.inference_mode():
         logits = model.run_with_hooks(tokens, hooks)[:, data.logit_slice(n)]
     wrong = (logits.argmax(-1) != tokens[:, data.answer_slice(n)]).any(1)
-    return wrong & (train.answer_nll(logits, tokens, n).mean(1) > 0.01)
+    return wrong & (evaluate.answer_nll(logits, tokens, n).mean(1) > 0.01)
 
 
 def questions(task, n, count, seed):
     """A varied set: `count` enriched random questions per operation."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.cat([data.random_batch(op, n, count, gen) for op in train.ops_of(task)])
+    return torch.cat([data.random_batch(op, n, count, gen) for op in evaluate.ops_of(task)])
 
 
 def useful_by_ablation(model, task, count=500, seed=0, progress=True):
     """Stand-in for analyse.py's useful nodes: nodes whose mean-ablation makes a question fail."""
     n, H = model.cfg.n_digits, model.cfg.n_heads
     tokens = questions(task, n, count, seed)
-    tokens = tokens[train.score(model, tokens, n)[0]]  # only questions the intact model answers right
+    tokens = tokens[evaluate.score(model, tokens, n)[0]]  # only questions the intact model answers right
     with torch.inference_mode():
         _, cache = model.run_with_cache(tokens, names=iv._is_site)
     useful = []
@@ -240,7 +241,7 @@ def neuron_ablation(model, task, mlp, count=300, chunk=16, seed=0):
     with torch.inference_mode():
         logits, cache = model.run_with_cache(tokens, names=[name])
     ok = (logits[:, data.logit_slice(n)].argmax(-1) == tokens[:, data.answer_slice(n)]).all(1)
-    base = train.answer_nll(logits, tokens, n)[ok].mean(0)               # (n+2,)
+    base = evaluate.answer_nll(logits, tokens, n)[ok].mean(0)               # (n+2,)
     mean = cache[name][:, p].mean(0)                                    # (M,)
 
     def run(neurons):
@@ -250,7 +251,7 @@ def neuron_ablation(model, task, mlp, count=300, chunk=16, seed=0):
             return x
         with torch.inference_mode():
             out = model.run_with_hooks(tokens, [(name, ablate)])[:, data.logit_slice(n)]
-        nll = train.answer_nll(out, tokens, n)                           # (B, n+2)
+        nll = evaluate.answer_nll(out, tokens, n)                           # (B, n+2)
         fail = ok & (out.argmax(-1) != tokens[:, data.answer_slice(n)]).any(1) & (nll.mean(1) > 0.01)
         return int(fail.sum()), nll[ok].mean(0) - base
 

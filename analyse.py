@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 import data
 import plots
+import evaluate
 import train
 from model import pick_device
 
@@ -91,7 +92,7 @@ def question_sets(task, n_digits, gen, size=512):
     """The varied set (SPEC 4.3) as {name: tokens}: every named set, and per operation one random batch of
     `size` and one fully enriched batch (carry and borrow cascades made common)."""
     sets = dict(data.named_sets(task, n_digits))
-    for op in train.ops_of(task):
+    for op in evaluate.ops_of(task):
         sets[f"{op} random"] = data.random_batch(op, n_digits, size, gen, enrichment=False)
         x = torch.randint(0, 10, (size, n_digits), generator=gen)  # (B, n) digits
         y = torch.randint(0, 10, (size, n_digits), generator=gen)
@@ -121,7 +122,7 @@ def failures(model, tokens, n_digits, hooks=(), batch_size=4096):
             chunk = chunk.to(device)
             logits = model(chunk)[:, data.logit_slice(n_digits)]  # (b, n+2, V): the logits that are read
             wrong.append((logits.argmax(-1) != chunk[:, data.answer_slice(n_digits)]).cpu())
-            loss.append(train.answer_nll(logits, chunk, n_digits).mean(1).cpu())
+            loss.append(evaluate.answer_nll(logits, chunk, n_digits).mean(1).cpu())
     wrong, loss = torch.cat(wrong), torch.cat(loss)
     return Outcome((loss > FAIL_LOSS) & wrong.any(1), wrong, loss)
 

@@ -21,6 +21,7 @@ import time
 import torch
 
 import data
+import evaluate
 import train
 from model import Config, Transformer, load_model
 
@@ -70,9 +71,9 @@ def check_time(cfg: Config, questions, sample=4096):
     train.set_threads(cfg)
     model = Transformer(cfg, torch.Generator().manual_seed(0)).eval()
     tokens = data.random_batch("add", cfg.n_digits, sample, torch.Generator().manual_seed(0))
-    train.score(model, tokens[:1024], cfg.n_digits, with_loss=False)  # warm-up
+    evaluate.score(model, tokens[:1024], cfg.n_digits, with_loss=False)  # warm-up
     t = time.perf_counter()
-    train.score(model, tokens, cfg.n_digits, with_loss=False)
+    evaluate.score(model, tokens, cfg.n_digits, with_loss=False)
     return (time.perf_counter() - t) * questions / sample
 
 
@@ -122,7 +123,7 @@ def main():
         model, info = load_model(path)
         train.set_threads(model.cfg)
         t = time.perf_counter()
-        results = train.verify(model, "add", model.cfg.n_digits, args.questions, seed=info.get("seed", 0), progress=False)
+        results = evaluate.verify(model, "add", model.cfg.n_digits, args.questions, seed=info.get("seed", 0), progress=False)
         secs = time.perf_counter() - t
         errors = sum(r["questions"] - r["correct"] for r in results.values())
         rate = forward_flops(model.cfg, args.questions, model.cfg.n_digits + 2) / secs
@@ -144,7 +145,7 @@ def main():
         train.set_threads(cfg)
         model = Transformer(cfg, torch.Generator().manual_seed(seed))
         hist = train.train(model, tc, progress=False)
-        results = train.verify(model, "add", 5, 1_000_000, seed=seed, progress=False)
+        results = evaluate.verify(model, "add", 5, 1_000_000, seed=seed, progress=False)
         errors = {k: r["questions"] - r["correct"] for k, r in results.items() if r["correct"] < r["questions"]}
         wrong = sorted({f for r in results.values() for f in r["failures"]})[:4]
         verified += not errors

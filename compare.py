@@ -8,9 +8,9 @@ reuse.py trains the runs; this file keeps them and reports them. Each finished r
 <folder>/results.jsonl, written the moment it finishes, with the settings it was made with, so that the
 same command run again skips it and a folder never mixes settings. The report (compare.md, compare.json,
 compare.png) covers every finished run in the folder: per seed and arm, the steps and minutes to the first
-check with zero errors, the errors of the final check (fresh questions per operation and every named set)
-and the final loss; per arm, the seeds verified and the median steps to verified; a plot of the errors
-at each check. Left out on purpose: significance tests (5 seeds per arm cannot carry them).
+check with zero errors, the errors of the final check (fresh uniform and enriched questions per operation,
+every named and sparse set) and the final loss; per arm, the seeds verified and the median steps to
+verified; a plot of the errors at each check. Left out on purpose: significance tests (5 seeds per arm cannot carry them).
 """
 import json
 import os
@@ -19,12 +19,9 @@ import statistics
 from matplotlib import rcParams
 from matplotlib.figure import Figure
 
+import evaluate
+
 RESULTS = "results.jsonl"
-
-
-def errors_of(results) -> dict:
-    """{set name: wrong answers} from evaluate.verify's results."""
-    return {k: r["questions"] - r["correct"] for k, r in results.items()}
 
 
 def parse_arms(text, seeds, known) -> dict:
@@ -75,6 +72,30 @@ def load_results(folder, settings) -> dict:
     return done
 
 
+def plan(folder, settings, arms, seeds, known):
+    """(folder, settings as results.jsonl gives them back, {arm: seeds} from `parse_arms`, the finished runs
+    {(arm, seed): row} from `load_results`). Raises ValueError (one line) as those two do."""
+    settings = json.loads(json.dumps(settings))  # tuples become lists, as they come back from the file
+    return folder, settings, parse_arms(arms, seeds, known), load_results(folder, settings)
+
+
+def run_all(folder, settings, arms, first_seed, done, train_one, order) -> list:
+    """Train what `done` lacks, seed by seed (first_seed, first_seed + 1, ...), each arm for its number of
+    seeds: train_one(arm, seed) -> (name, history, results, adder; results None when Ctrl-C stopped it,
+    which stops here too with KeyboardInterrupt). Each finished run is recorded at once (`record`).
+    Returns every finished run's row, ordered by arm (as in `order`) and seed."""
+    for seed in range(first_seed, first_seed + max(arms.values())):
+        for arm, n_seeds in arms.items():
+            if seed >= first_seed + n_seeds or (arm, seed) in done:
+                continue
+            print(f"--- {arm}, seed {seed}")
+            name, history, results, adder = train_one(arm, seed)
+            if results is None:
+                raise KeyboardInterrupt
+            done[(arm, seed)] = record(folder, settings, arm, seed, name, history, results, adder)
+    return sorted(done.values(), key=lambda r: (order.index(r["arm"]), r["seed"]))
+
+
 def record(folder, settings, arm, seed, name, history, results, adder=None) -> dict:
     """Append one finished run to folder/results.jsonl (flushed and synced before returning); returns its row.
     history: train.train's (loss, checks, verified_step, seconds, steps_done); results: evaluate.verify's."""
@@ -84,7 +105,7 @@ def record(folder, settings, arm, seed, name, history, results, adder=None) -> d
     final = history["loss"][-5:] or [float("nan")]
     row = dict(arm=arm, seed=seed, name=name, steps_done=history["steps_done"], seconds=history["seconds"],
                verified_step=step, verified_seconds=seconds, final_loss=sum(final) / len(final),
-               errors=errors_of(results), questions={k: r["questions"] for k, r in results.items()},
+               errors=evaluate.errors(results), questions={k: r["questions"] for k, r in results.items()},
                checks=checks, adder=adder)
     with open(os.path.join(folder, RESULTS), "a") as f:
         f.write(json.dumps(dict(row, settings=settings)) + "\n")
@@ -94,9 +115,11 @@ def record(folder, settings, arm, seed, name, history, results, adder=None) -> d
 
 
 def split_errors(row):
-    """(errors on the fresh addition questions, on the fresh subtraction questions, on the named sets)."""
+    """Errors at the end: (fresh uniform additions, fresh uniform subtractions, fresh enriched questions of
+    both operations, the named and sparse sets)."""
     e = row["errors"]
-    return e.get("add random", 0), e.get("sub random", 0), sum(v for k, v in e.items() if not k.endswith("random"))
+    return (e.get("add uniform", 0), e.get("sub uniform", 0), sum(v for k, v in e.items() if k.endswith("enriched")),
+            sum(v for k, v in e.items() if not k.endswith(evaluate.FRESH)))
 
 
 def best_grown(rows):
@@ -106,6 +129,12 @@ def best_grown(rows):
     return min(grown, key=key) if grown else None
 
 
+def median_or_never(values):
+    """The median of `values` in which None means "never" (counted as infinite); None when it is never."""
+    m = statistics.median([float("inf") if v is None else v for v in values])
+    return None if m == float("inf") else m
+
+
 def summarise(rows) -> dict:
     """Per arm: seeds, how many reached a zero-error check, how many have zero errors at the end, and the
     median steps and minutes to the first zero-error check, counting a seed that never got there as
@@ -113,13 +142,11 @@ def summarise(rows) -> dict:
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         rs = [r for r in rows if r["arm"] == arm]
-        inf = float("inf")
-        med = lambda xs: (lambda m: None if m == inf else m)(statistics.median(xs))  # noqa: E731
         out[arm] = dict(seeds=len(rs), verified=sum(r["verified_step"] is not None for r in rs),
                         clean_at_end=sum(sum(split_errors(r)) == 0 for r in rs),
-                        median_steps=med([inf if r["verified_step"] is None else r["verified_step"] for r in rs]),
-                        median_minutes=med([inf if r["verified_seconds"] is None else r["verified_seconds"] / 60
-                                            for r in rs]))
+                        median_steps=median_or_never([r["verified_step"] for r in rs]),
+                        median_minutes=median_or_never([r["verified_seconds"] and r["verified_seconds"] / 60
+                                                        for r in rs]))
     return out
 
 
@@ -130,16 +157,18 @@ def markdown(settings, rows, summary, usage=None) -> str:
     lines = [f"Grown from `{settings['source']['file']}` (sha256 {settings['source']['sha256']}) into "
              f"{c['n_layers']} layers x {c['n_heads']} heads, against the same architecture from scratch: the same "
              f"data for a seed ({t['perc_sub']:g}% subtraction), lr {t['lr']:g}, batch {t['batch_size']}, budget "
-             f"{t['steps']:,} steps{', stopped at the first zero-error check' if t.get('until_verified') else ''}. "
-             f"Checked every {t.get('check_every')} steps on {t.get('check_questions'):,} fresh questions per "
-             f"operation and every named set; at the end on {n:,} fresh questions per operation.", "",
-             "| arm | seed | steps to 0 errors | minutes | add errors | sub errors | named-set errors | final loss |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{t['steps']:,} steps{', stopped at the first zero-error check' if t['until_verified'] else ''}. "
+             f"Checked every {t['check_every']} steps on {t['check_questions']:,} fresh uniform and as many enriched "
+             f"questions per operation, the named and sparse sets; at the end on {n:,} fresh uniform (add errors, "
+             f"sub errors) and {n // 10:,} enriched questions per operation, every named set and every sparse one.",
+             "",
+             "| arm | seed | steps to 0 errors | minutes | add errors | sub errors | enriched errors | named-set errors "
+             "| final loss |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        add, sub, named = split_errors(r)
+        add, sub, enriched, named = split_errors(r)
         v, s = r["verified_step"], r["verified_seconds"]
         steps, minutes = (never, "-") if v is None else (f"{v:,}", f"{s / 60:.1f}")
-        lines.append(f"| {r['arm']} | {r['seed']} | {steps} | {minutes} | {add:,} | {sub:,} | {named:,} | "
+        lines.append(f"| {r['arm']} | {r['seed']} | {steps} | {minutes} | {add:,} | {sub:,} | {enriched:,} | {named:,} | "
                      f"{r['final_loss']:.3g} |")
     lines += ["", "| arm | seeds with a zero-error check | seeds with 0 errors at the end | median steps to 0 errors "
               "| median minutes |", "|---|---|---|---|---|"]

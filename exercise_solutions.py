@@ -15,7 +15,7 @@ import analyse
 import data
 import interventions as iv
 import reuse
-import train
+import evaluate
 
 
 def ex1_read_answer(tokens, n_digits):
@@ -38,7 +38,7 @@ def ex2_attention(attn, x):
 
 
 def ex3_answer_nll(logits, tokens, n_digits):
-    return train.answer_nll(logits, tokens, n_digits)
+    return evaluate.answer_nll(logits, tokens, n_digits)
 
 
 def ex4_cascade_length(tokens, n_digits):

@@ -253,7 +253,7 @@ def check_5(fn):
             msg = first_wrong_question(fn(toks, 5), want, toks, 5, lambda c: data.COMPLEXITY[int(c)])
             if msg:
                 return False, f"{name}: {msg}"
-    everything = torch.cat([__import__("train").all_questions(op, 2) for op in ("add", "sub")])
+    everything = torch.cat([__import__("evaluate").all_questions(op, 2) for op in ("add", "sub")])
     for n, toks in ((2, everything), (5, torch.cat([questions(op, 5, 3000, 5) for op in ("add", "sub")]))):
         got, want = fn(toks, n), ref.ex5_complexity(toks, n)
         msg = shape_error(got, want, f"{n} digits") or first_wrong_question(

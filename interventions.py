@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import data
 import framework
-import train
+import evaluate
 
 # ----------------------------------------------------------------------------- nodes
 
@@ -95,7 +95,7 @@ def claim_pairs(model, task, k, n_pairs, gen):
     """Store/alter/expected for sub-task `task` of digit k, keeping only pairs the model gets right."""
     n = model.cfg.n_digits
     store, alter, expected = framework.make_pairs(task, k, n, n_pairs, gen)
-    ok = train.score(model, store, n)[0] & train.score(model, alter, n)[0]
+    ok = evaluate.score(model, store, n)[0] & evaluate.score(model, alter, n)[0]
     return store[ok], alter[ok], expected[ok]
 
 # ----------------------------------------------------------------------------- discovery

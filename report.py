@@ -15,7 +15,7 @@ import torch
 
 import data
 import plots
-import train
+import evaluate
 from analyse import (MAJOR, answer_labels, node_name, position_names, question_sets, row_name,
                      tag_values, write_nodes)
 
@@ -46,7 +46,7 @@ def step_accuracy(run):
     sets = question_sets(run.task, run.n, torch.Generator().manual_seed(run.seed + 1), 4096)
     rows, by_class, wrong = [], {}, []
     for name, tokens in sets.items():
-        ok, loss, pred = train.score(run.model, tokens, run.n)
+        ok, loss, pred = evaluate.score(run.model, tokens, run.n)
         rows.append([name, len(tokens), int(ok.sum()), percent(int(ok.sum()), len(tokens)), f"{loss.mean():.2e}"])
         if name.endswith(("random", "enriched")):
             for c, k, l in zip(data.complexity(tokens, run.n).tolist(), ok.tolist(), loss.tolist()):
@@ -81,8 +81,8 @@ def step_accuracy(run):
 
 def examples(run, k=3):
     """A plain random question and, per operation, the hardest question (highest complexity) of the varied set."""
-    picks = [run.sets[f"{train.ops_of(run.task)[0]} random"][0]]
-    for op in train.ops_of(run.task):
+    picks = [run.sets[f"{evaluate.ops_of(run.task)[0]} random"][0]]
+    for op in evaluate.ops_of(run.task):
         tokens = run.sets[f"{op} enriched"]
         picks.append(tokens[data.complexity(tokens, run.n).argmax()])
     return picks[:k]
@@ -248,7 +248,7 @@ def step_maps(run):
     gy = plots.GREEN_YELLOW
     maps = [("fail", "failure %: questions broken by ablating the node", plots.paled("winter", 10)),
             ("attention", "attention: positions a head attends (green: focused)", plots.paled(gy, 10))]
-    ops = train.ops_of(run.task)
+    ops = evaluate.ops_of(run.task)
     if "add" in ops:
         maps.append(("Add", "minimum addition complexity broken", plots.paled(gy, 6)))
     if "sub" in ops:

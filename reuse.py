@@ -23,7 +23,8 @@ The embeddings, unembedding and ln_final train (the subtraction tokens must be l
 --freeze-embed keeps them too: with freeze-all every inserted weight then stays the verified adder's.
 --preserve zeroes what the new heads and layers write to the residual stream, so the grown model first
 answers every addition exactly as the source does. The grown model's addition is checked right after
-insertion and after training; the .json records both, and which of the source's tensors changed.
+insertion (on a training check's questions) and after training; the .json records both, and which of the
+source's tensors changed.
 --faithful copies only what the reference notebook copies (no W_O, b_O, ln2, ln_final.b, b_U) and
 "freezes" by re-copying every 100 steps after the optimizer step (mode 2: useful heads' Q/K/V into head
 H - H_source + h; mode 3: all heads' Q/K/V and all MLPs), without resetting Adam's moments.
@@ -46,6 +47,7 @@ import compare
 import data
 import evaluate
 import train
+from artefacts import free_name, run_name, write_outputs
 from model import CheckpointError, Config, Transformer, load_model, pick_device
 from reuse_nodes import inserted_node_usage, node_name, usage_table, useful_source_heads
 
@@ -263,40 +265,49 @@ def grow(src, cfg, mode="init", seed=1, late=False, faithful=False, preserve=Fal
     return model, offset, (frz.after_backward, frz.after_step)
 
 
-def run(src, cfg, tc, how, heads, device, args, out, source, usage=0):
-    """Train one model of `cfg` on tc's data and write it to `out` (checkpoint, .json, _loss.png).
-    how: None trains from scratch (initialised from tc.seed, so its new parts start as the grown model's
-    do); else a dict (mode, late, faithful, preserve, freeze_embed) says how `src` is grown. A grown model's
-    addition is checked right after insertion and after training (errors per set, and which source tensors
-    changed), and with usage > 0 which inserted nodes each operation still needs (reuse_nodes.py).
-    After training: args.verify fresh questions per operation and every named set. Returns
-    (model, name, history, results, info); results is None when Ctrl-C stopped training (nothing verified)."""
+def run(src, cfg, tc, how, heads, device, args, out, source, usage=0, overwrite=False):
+    """Train one model of `cfg` on tc's data and write it to `out` (checkpoint, .json, _loss.png; a
+    checkpoint of the same name is kept, the new one numbered, unless `overwrite`). how: None trains from
+    scratch (initialised from tc.seed, so its new parts start as the grown model's do); else a dict (mode,
+    late, faithful, preserve, freeze_embed) says how `src` is grown. A grown model's addition is checked
+    right after insertion (a training check's questions) and after training (errors per set, and which
+    source tensors changed); with usage > 0, which inserted nodes each operation still needs. After
+    training: args.verify fresh uniform questions per operation, a tenth as many enriched ones, every named
+    and every sparse set. Returns (model, name, history, results, info); results is None when Ctrl-C
+    stopped training (then nothing is verified)."""
     progress = not args.no_progress
     if how is None:
         model, offset, hooks = Transformer(cfg, torch.Generator().manual_seed(tc.seed)).to(device), None, (None, None)
-        name, info = train.run_name(tc, cfg), {}
+        prefix, suffix, info = "", "", {}
     else:
         model, offset, hooks = grow(src, cfg, seed=tc.seed, useful_heads=heads, device=device, **how)
-        name = train.run_name(tc, cfg, PREFIX[how["mode"]]) + "".join(
-            "_" + k.split("_")[-1] for k in ("late", "faithful", "preserve", "freeze_embed") if how[k])
-        before = evaluate.verify(model, "add", cfg.n_digits, args.verify, tc.seed, progress=progress)
+        prefix = PREFIX[how["mode"]]
+        suffix = "".join("_" + k.split("_")[-1] for k in ("late", "faithful", "preserve", "freeze_embed") if how[k])
+        before = evaluate.verify(model, "add", cfg.n_digits, tc.check_questions, tc.seed, progress=False,
+                                 sparse_sample=tc.check_questions)  # a training check's size
         info = dict(source=source, insert=dict(how, offset=offset, frozen_heads=sorted(heads)),
-                    adder=dict(at_insertion=compare.errors_of(before)))
-        print(f"{name}: right after insertion, {sum(info['adder']['at_insertion'].values()):,} errors in "
+                    adder=dict(at_insertion=evaluate.errors(before)))
+        print(f"right after insertion: {sum(info['adder']['at_insertion'].values()):,} errors in "
               f"{sum(r['questions'] for r in before.values()):,} addition questions")
     history = train.train(model, tc, device, *hooks, progress=progress)
-    print(f"{name}: {history['steps_done']} steps in {history['seconds']:.0f}s, final loss {history['loss'][-1]:.3g}")
+    done = history["steps_done"]
+    name = free_name(out, run_name(tc, cfg, prefix, steps=done) + suffix, overwrite)
+    if not done:
+        print("interrupted before the first step: nothing saved")
+        return model, name, history, None, info
+    print(f"{name}: {done:,} steps in {history['seconds']:.0f}s, final loss {history['loss'][-1]:.3g}")
     if history["interrupted"]:
-        path = train.write_outputs(out, name, model, tc, history, **info)
-        print(f"saved {path}; check it with: python train.py --verify {args.verify} --checkpoint {path}")
+        path = write_outputs(out, name, model, tc, history, **info)
+        print(f"interrupted: saved {path}; check it with python train.py --verify {args.verify} --checkpoint {path}")
         return model, name, history, None, info
     try:
-        results = evaluate.verify(model, "mix", cfg.n_digits, args.verify, tc.seed, progress=progress)
+        results = evaluate.verify(model, "mix", cfg.n_digits, args.verify, tc.seed, progress=progress,
+                                  n_enriched=args.verify // 10)
         print(evaluate.report(results))
         if how is not None:
-            after = {k: v for k, v in compare.errors_of(results).items() if k.lower().startswith("add")}
+            after = {k: v for k, v in evaluate.errors(results).items() if k.lower().startswith("add")}
             info["adder"].update(after_training=after, changed=changed_from_source(src, model, offset))
-            print(f"{name}: after training, {sum(after.values()):,} addition errors; source tensors changed: "
+            print(f"after training: {sum(after.values()):,} addition errors; source tensors changed: "
                   f"{', '.join(info['adder']['changed']) or 'none (the inserted adder is the verified one)'}")
             if usage > 0:
                 rows, base = inserted_node_usage(model.cpu(), src.cfg, offset, usage, tc.seed, progress)
@@ -304,46 +315,26 @@ def run(src, cfg, tc, how, heads, device, args, out, source, usage=0):
                 print(usage_table(rows, base))
                 info["node_usage"] = dict(rows=rows, baseline=base)
     except BaseException:  # Ctrl-C while checking: keep what was trained
-        train.write_outputs(out, name, model, tc, history, **info)
+        write_outputs(out, name, model, tc, history, **info)
         raise
-    path = train.write_outputs(out, name, model, tc, history, results, **info)
+    path = write_outputs(out, name, model, tc, history, results, **info)
     print(f"saved {path} (+ .json, _loss.png)")
     return model, name, history, results, info
 
 
-def plan_compare(args, cfg, tc, source):
-    """(arms {arm: seeds}, folder, settings, finished runs {(arm, seed): row}) for --compare. Raises
-    ValueError (one line) for unknown arms, arms --faithful cannot grow, or a folder of other settings."""
-    arms = compare.parse_arms(args.arms, args.seeds, ARMS)
-    if args.faithful and ({"preserve", "keep-adder"} & set(arms)):
-        raise ValueError("the preserve and keep-adder arms need the full copy (W_O, b_O, ln2, ...): not with --faithful")
-    settings = dict(source=source, config=asdict(cfg), train={k: v for k, v in asdict(tc).items() if k != "seed"},
-                    late=args.late, faithful=args.faithful, verify=args.verify)
-    settings = json.loads(json.dumps(settings))  # as results.jsonl gives it back (tuples become lists)
-    folder = os.path.join(args.out, "compare_" + train.run_name(tc, cfg).rsplit("_s", 1)[0])
-    return arms, folder, settings, compare.load_results(folder, settings)
-
-
 def run_compare(src, cfg, tc, args, heads, device, plan):
-    """Every arm for its seeds (tc.seed, tc.seed + 1, ...), seed by seed: identical data (the generator is
-    seeded from the run's seed alone), learning rate, batch and step budget in every arm. Each finished run
-    is written at once and recorded in <folder>/results.jsonl, so the same command run again skips it.
-    Then, with args.usage > 0, the node usage of the best grown run, and the report of every finished run
-    in the folder (compare.write_report). Returns the report's path."""
-    arms, folder, settings, done = plan
-    for seed in range(tc.seed, tc.seed + max(arms.values())):
-        for arm, n_seeds in arms.items():
-            if seed >= tc.seed + n_seeds or (arm, seed) in done:
-                continue
-            how = None if ARMS[arm] is None else dict(dict(preserve=False, freeze_embed=False), **ARMS[arm],
-                                                       late=args.late, faithful=args.faithful)
-            print(f"--- {arm}, seed {seed}")
-            _, name, history, results, info = run(src, cfg, replace(tc, seed=seed), how, heads, device, args,
-                                                  folder, settings["source"])
-            if results is None:
-                raise KeyboardInterrupt
-            done[(arm, seed)] = compare.record(folder, settings, arm, seed, name, history, results, info.get("adder"))
-    rows = sorted(done.values(), key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))
+    """The comparison (compare.run_all): every arm of the plan (compare.plan) for its seeds, each run
+    trained by `run` on the seed's data. Then, with args.usage > 0, the node usage of the best grown run,
+    and the report of every finished run in the folder. Returns the report's path."""
+    folder, settings, arms, done = plan
+
+    def one(arm, seed):
+        how = None if ARMS[arm] is None else dict(dict(preserve=False, freeze_embed=False), **ARMS[arm],
+                                                   late=args.late, faithful=args.faithful)
+        _, name, history, results, info = run(src, cfg, replace(tc, seed=seed), how, heads, device, args, folder,
+                                              settings["source"], overwrite=True)
+        return name, history, results, info.get("adder")
+    rows = compare.run_all(folder, settings, arms, tc.seed, done, one, list(ARMS))
     usage, best = None, compare.best_grown(rows)
     if args.usage > 0 and best:
         model, info = load_model(os.path.join(folder, best["name"] + ".pt"))
@@ -378,16 +369,19 @@ def build_parser():
     p.add_argument("--seed", type=int, help="seed for the new model's other weights and the data (default 1)")
     p.add_argument("--until-verified", action="store_true", help="stop at the first check with zero errors")
     p.add_argument("--check-every", type=train.positive(int), default=500, help="steps between checks (default 500)")
-    p.add_argument("--check-questions", type=train.positive(int), default=10_000,
-                   help="fresh questions per operation at each check, with every named set (default 10,000)")
+    p.add_argument("--check-questions", type=train.positive(int), default=train.TrainConfig.check_questions,
+                   help="fresh uniform and enriched questions per operation at each check, with every named set "
+                        f"(default {train.TrainConfig.check_questions:,})")
     p.add_argument("--compare", action="store_true", help="train every --arms arm for --seeds seeds, resumably")
     p.add_argument("--arms", default="init,scratch",
                    help=f"--compare: arms, each optionally :seeds (e.g. init,scratch,freeze-all:3) from {', '.join(ARMS)}")
     p.add_argument("--seeds", type=train.positive(int), default=5, help="--compare: seeds per arm (seed, seed+1, ...)")
-    p.add_argument("--verify", type=train.positive(int), default=1_000_000, help="fresh questions per operation to check")
+    p.add_argument("--verify", type=train.positive(int), default=1_000_000,
+                   help="fresh uniform questions per operation to check at the end (and a tenth as many enriched)")
     p.add_argument("--usage", type=int, default=300, help="questions per set for the node-usage ablation (0: skip)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or mps")
-    p.add_argument("--out", default="checkpoints", help="folder for the outputs")
+    p.add_argument("--out", default="runs", help="folder for the outputs (default runs)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint of the same name (else: name_2)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -443,33 +437,37 @@ def main(argv=None):
         p.error(str(e))
     cfg, tc, mode = resolve(args, p, src.cfg, info)
     train.set_threads(cfg)
-    try:
-        plan = plan_compare(args, cfg, tc, source) if args.compare else None
-    except ValueError as e:
-        p.error(str(e))
-    try:
-        share = None if args.any_source else check_source(src, info, seed=tc.seed)
-    except ValueError as e:
-        p.error(f"{args.source}: {e} (--any-source inserts it anyway)")
-    print({**asdict(cfg), **asdict(tc), "mode": "compare " + args.arms if args.compare else mode, "source": source,
-           "late": args.late, "faithful": args.faithful, "preserve": args.preserve, "freeze_embed": args.freeze_embed,
-           "device": str(device)})
-    if share is not None:
+    if not args.any_source:
+        try:
+            share = check_source(src, info, seed=tc.seed)
+        except ValueError as e:
+            p.error(f"{args.source}: {e} (--any-source inserts it anyway)")
         print(f"source {source['file']}: an addition model ({100 * share:.1f}% of 2,000 fresh additions right)")
-    heads = ()
+    heads, plan = (), None
     try:
-        if "freeze-useful" in (plan[0] if plan else [mode]):
+        if args.compare:
+            settings = dict(source=source, config=asdict(cfg), late=args.late, faithful=args.faithful,
+                            verify=args.verify, train={k: v for k, v in asdict(tc).items() if k != "seed"})
+            folder = os.path.join(args.out, "compare_" + run_name(tc, cfg).rsplit("_s", 1)[0])
+            plan = compare.plan(folder, settings, args.arms, args.seeds, ARMS)
+            if args.faithful and {"preserve", "keep-adder"} & set(plan[2]):
+                raise ValueError("the preserve and keep-adder arms need the full copy: not with --faithful")
+        if "freeze-useful" in (plan[2] if plan else [mode]):
             heads = read_nodes(args.nodes, src.cfg) if args.nodes else useful_source_heads(src, progress=not args.no_progress)
             print("useful source heads kept as inserted:", " ".join(node_name(*n) for n in sorted(heads)) or "none")
     except ValueError as e:
         p.error(str(e))
+    print({**asdict(cfg), **asdict(tc), "mode": "compare " + args.arms if args.compare else mode, "source": source,
+           "late": args.late, "faithful": args.faithful, "preserve": args.preserve, "freeze_embed": args.freeze_embed,
+           "device": str(device)})
     try:
         if plan:
             print(f"wrote {run_compare(src, cfg, tc, args, heads, device, plan)} (+ .json, .png)")
             return 0
         how = dict(mode=mode, late=args.late, faithful=args.faithful, preserve=args.preserve,
                    freeze_embed=args.freeze_embed)
-        return 0 if run(src, cfg, tc, how, heads, device, args, args.out, source, usage=args.usage)[3] else 130
+        results = run(src, cfg, tc, how, heads, device, args, args.out, source, args.usage, args.overwrite)[3]
+        return 0 if results else 130
     except KeyboardInterrupt:
         print("reuse.py: interrupted: finished runs are kept, and the same command continues", file=sys.stderr)
         return 130

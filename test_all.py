@@ -6,13 +6,16 @@ against expected values (the hand-made question sets), and smoke runs (a tiny mo
 """
 import functools
 import os
+import signal
 import sys
 import tempfile
 import time
 
 import torch
 
+import artefacts
 import data
+import evaluate
 import train
 from model import CheckpointError, Config, Transformer, layer_norm_by_hand, load_model, save_model
 
@@ -196,8 +199,8 @@ def test_answer_loss_reads_only_answers():
     logits = torch.zeros(4, 13, 15)
     logits[:, data.logit_slice(3)] = torch.nn.functional.one_hot(tokens[:, data.answer_slice(3)], 15) * 50.0
     logits[:, :7] = torch.randn(4, 7, 15)  # question positions: no influence on the loss
-    assert train.answer_nll(logits, tokens, 3).max() < 1e-12
-    assert train.answer_nll(logits, tokens, 3).dtype == torch.float64
+    assert evaluate.answer_nll(logits, tokens, 3).max() < 1e-12
+    assert evaluate.answer_nll(logits, tokens, 3).dtype == torch.float64
 
 
 def test_checkpoint_round_trip_and_errors():
@@ -297,9 +300,9 @@ def test_cli_bad_input_is_one_line():
 def test_smoke_tiny_model_learns_two_digit_addition():
     t = time.time()
     model = tiny_model("add", 2, 600)
-    results = train.verify(model, "add", 2, "all", progress=False)
+    results = evaluate.verify(model, "add", 2, "all", progress=False)
     assert time.time() - t < 60
-    assert results["add all"]["correct"] >= 0.99 * 10_000, train.report(results)
+    assert results["add all"]["correct"] >= 0.99 * 10_000, evaluate.report(results)
 
 
 def test_verify_checks_each_operation_of_a_mixed_task():
@@ -312,9 +315,9 @@ def test_verify_checks_each_operation_of_a_mixed_task():
             logits = torch.nn.functional.one_hot(tokens[:, 1:], 15).float() * 10  # (B, P-1, V): the next token
             logits[tokens[:, 2] == data.MINUS] *= -1
             return torch.cat([logits, logits[:, :1]], 1)[:, read]
-    results = train.verify(Oracle(), "mix", 2, 3000, progress=False)
-    assert results["add random"]["correct"] == results["add random"]["questions"] == 3000
-    assert results["sub random"]["correct"] == 0 and results["sub random"]["questions"] == 3000
+    results = evaluate.verify(Oracle(), "mix", 2, 3000, progress=False)
+    assert results["add uniform"]["correct"] == results["add uniform"]["questions"] == 3000
+    assert results["sub uniform"]["correct"] == 0 and results["sub uniform"]["questions"] == 3000
     assert set(results["Sub.rule"]["by_class"]) >= {"M0", "N1"} and results["Sub.rule"]["correct"] == 0
 
 
@@ -324,7 +327,7 @@ def test_cli_trains_and_verifies_a_checkpoint():
                                  "--verify", "all", "--out", d, "--no-progress")
         assert code == 0, err
         names = sorted(os.listdir(d))
-        assert names == ["add_d1_l2_h3_t0.03K_s1.json", "add_d1_l2_h3_t0.03K_s1.pt", "add_d1_l2_h3_t0.03K_s1_loss.png"], names
+        assert names == ["add_d1_l2_h3_t30_s1.json", "add_d1_l2_h3_t30_s1.pt", "add_d1_l2_h3_t30_s1_loss.png"], names
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--verify", "all", "--no-progress")
         assert "add all" in out and code in (0, 1)
         code, out, err = run_cli("--checkpoint", os.path.join(d, names[1]), "--task", "sub")
@@ -436,7 +439,7 @@ def test_analyse_cli_writes_report_and_nodes():
 def test_framework_agrees_with_integers_on_every_3_digit_pair():
     import framework
     for op in ("add", "sub"):
-        q = train.all_questions(op, 3)                                # all 10^6 pairs
+        q = evaluate.all_questions(op, 3)                                # all 10^6 pairs
         a, b, _, _ = data.parse_questions(q, 3)
         pred = framework.answer_tokens(*framework.framework_answer(a, b, op, 3))
         assert torch.equal(pred, q[:, data.answer_slice(3)]), op
@@ -498,9 +501,9 @@ def test_interventions_self_patch_positive_control_and_unused_node():
 TINY_ADD3 = os.path.join(HERE, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0.pt")  # 3-digit add, 100% on all 10^6
 
 
-def _reuse_source(n_layers=2, n_heads=3, seed=0):
-    """An untrained 2-digit source whose every weight, bias and LayerNorm is random (so a missed copy shows)."""
-    cfg = Config(n_digits=2, n_layers=n_layers, n_heads=n_heads, d_model=48, d_head=16, d_mlp=192)
+def _reuse_source(n_layers=2, n_heads=3, seed=0, n_digits=2):
+    """An untrained source whose every weight, bias and LayerNorm is random (so a missed copy shows)."""
+    cfg = Config(n_digits=n_digits, n_layers=n_layers, n_heads=n_heads, d_model=48, d_head=16, d_mlp=192)
     src = Transformer(cfg, torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -619,8 +622,9 @@ def test_reuse_width_mismatch_is_one_line():
 
 
 def _save_source(folder, src=None, task="add"):
+    """A source checkpoint in `folder`: by default a random 1-digit one (its final checks are small)."""
     path = os.path.join(folder, "src.pt")
-    save_model(path, src or _reuse_source(), task=task, steps=10,
+    save_model(path, src or _reuse_source(n_digits=1), task=task, steps=10,
                train={"lr": 3e-3, "batch_size": 32, "weight_decay": 0.1})
     return path
 
@@ -649,7 +653,7 @@ def test_reuse_cli_trains_saves_and_records_the_adder():
                   "--check-questions", "50", "--out", tmp, "--no-progress"]
         rc, log, _ = _reuse_main(common + ["--mode", "freeze-all", "--usage", "10", "--late"])
         assert rc == 0 and "L2MLP" in log  # the node-usage table was printed
-        model, info = load_model(os.path.join(tmp, "ins3_mix_d2_l3_h4_t0.008K_s1_late.pt"))
+        model, info = load_model(os.path.join(tmp, "ins3_mix_d1_l3_h4_t8_s1_late.pt"))
         assert info["insert"]["offset"] == 1 and info["train"]["batch_size"] == 32
         assert len(info["node_usage"]["rows"]) == 8  # 2 inserted layers x (3 heads + MLP)
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
@@ -660,12 +664,11 @@ def test_reuse_cli_trains_saves_and_records_the_adder():
 
         rc, log, _ = _reuse_main(common + ["--mode", "freeze-all", "--freeze-embed", "--preserve", "--usage", "0"])
         assert rc == 0 and "the inserted adder is the verified one" in log
-        js = json.load(open(os.path.join(tmp, "ins3_mix_d2_l3_h4_t0.008K_s1_preserve_embed.json")))
-        assert js["adder"]["changed"] == [] and set(js["adder"]["after_training"]) >= {"add random", "Add.rule"}
+        js = json.load(open(os.path.join(tmp, "ins3_mix_d1_l3_h4_t8_s1_preserve_embed.json")))
+        assert js["adder"]["changed"] == [] and set(js["adder"]["after_training"]) >= {"add uniform", "Add.rule"}
         # right after insertion with --preserve the grown model answers additions exactly as the source
-        import compare
-        import evaluate
-        assert js["adder"]["at_insertion"] == compare.errors_of(evaluate.verify(src, "add", 2, 100, 1, progress=False))
+        assert js["adder"]["at_insertion"] == evaluate.errors(evaluate.verify(src, "add", 1, 50, 1, progress=False,
+                                                                                     sparse_sample=50))
         assert sum(js["adder"]["at_insertion"].values()) > 0  # a random source: the equality above is not 0 == 0
 
 
@@ -688,7 +691,7 @@ def test_reuse_refuses_a_source_that_cannot_add():
         for path, says in ((sub, "is a sub model"), (tl, "fresh addition questions right")):
             rc, _, err = _reuse_main(["--from", path, "--steps", "8", "--out", tmp])
             assert rc == 2 and says in err and "--any-source" in err and len(err.strip().splitlines()) == 1, err
-            assert not os.path.exists(os.path.join(tmp, "ins1_mix_d2_l3_h4_t0.008K_s1.pt"))
+            assert not os.path.exists(os.path.join(tmp, "ins1_mix_d1_l3_h4_t8_s1.pt"))
 
 
 def _compare_args(path, tmp, seeds, arms="init,scratch"):
@@ -711,7 +714,7 @@ def test_reuse_compare_resumes_and_reports():
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = _save_source(tmp)
-            folder = os.path.join(tmp, "compare_mix_d2_l3_h4_t0.008K")
+            folder = os.path.join(tmp, "compare_mix_d1_l3_h4_t8")
             assert _reuse_main(_compare_args(path, tmp, 1))[0] == 0 and calls == [1, 1]
             interrupt.append(True)  # the next run is stopped by Ctrl-C: it is not recorded
             assert _reuse_main(_compare_args(path, tmp, 2))[0] == 130 and calls == [1, 1, 2]
@@ -722,7 +725,7 @@ def test_reuse_compare_resumes_and_reports():
             assert open(os.path.join(folder, "compare.md")).read() == md
             for row in ("| init | 1 |", "| init | 2 |", "| scratch | 1 |", "| scratch | 2 |"):
                 assert row in md, md
-            assert "| init | 0 of 2 | 0 of 2 | not within the budget |" in md and "`ins1_mix_d2_l3_h4" in md
+            assert "| init | 0 of 2 | 0 of 2 | not within the budget |" in md and "`ins1_mix_d1_l3_h4" in md
             report = json.load(open(os.path.join(folder, "compare.json")))
             assert len(report["runs"]) == 4 and report["arms"]["scratch"]["seeds"] == 2
             assert all(len(r["checks"]) == 2 for r in report["runs"])  # steps 4 and 8
@@ -825,7 +828,7 @@ def _wrong_implementations():
             ("scores not scaled", functools.partial(_wrong_attention, scale=False))],
         3: [("loss over all positions", lambda lg, t, n: -lg[:, :-1].double().log_softmax(-1).gather(
                 -1, t[:, 1:, None])[..., 0]),
-            ("off-by-one prediction position", lambda lg, t, n: train.answer_nll(lg[:, sl(n)], t, n))],
+            ("off-by-one prediction position", lambda lg, t, n: evaluate.answer_nll(lg[:, sl(n)], t, n))],
         4: [("sum-9 columns counted anywhere", nines_anywhere)],
         5: [("negative answers graded as M classes", complexity_without_n)],
         6: [("zero-ablation where the mean is asked", lambda m, t, means, p, l, h: analyse.ablate_nodes(
@@ -867,6 +870,150 @@ def test_exercises_cli_stub_and_bad_input():
     for i, check in exercises.CHECKS.items():  # every untouched stub: a friendly line, not a traceback
         ok, msg = check(exercises.STUBS[i], **({"checkpoint": D5_ADDER} if i == 10 else {}))
         assert not ok and msg.startswith("not implemented yet"), (i, msg)
+
+
+# ============================================================================= training: checks, verify sets, runs, resume
+
+
+def _checked_run(**kw):
+    """A 1-digit adder (d_model 32) trained with checks; returns (model, history)."""
+    cfg = Config(n_digits=1, n_layers=1, n_heads=2, d_model=32, d_head=16, d_mlp=128)
+    tc = train.TrainConfig(**{**dict(task="add", n_digits=1, steps=1500, batch_size=64, lr=1e-2, seed=3,
+                                     check_every=25, check_questions=200, until_verified=True), **kw})
+    model = Transformer(cfg, torch.Generator().manual_seed(tc.seed))
+    return model, train.train(model, tc, progress=False)
+
+
+def test_until_verified_stops_at_the_first_zero_error_check():
+    model, h = _checked_run()
+    assert h["verified_step"] is not None and h["steps_done"] == h["verified_step"] < 1500
+    assert h["checks"][-1]["step"] == h["verified_step"] and not any(h["checks"][-1]["errors"].values())
+    assert all(any(c["errors"].values()) for c in h["checks"][:-1]) and sum(h["checks"][0]["errors"].values()) > 0
+    assert {"add uniform", "add enriched", "Add.rule", "Add.sparse"} <= set(h["checks"][0]["errors"])
+    assert not any(evaluate.errors(evaluate.verify(model, "add", 1, "all", progress=False)).values())
+    try:
+        train.TrainConfig(until_verified=True)
+        raise AssertionError("until_verified without checks was accepted")
+    except ValueError as e:
+        assert "check_every" in str(e)
+
+
+class _Perfect(torch.nn.Module):
+    """Answers every question right (its logits are the next token), except `wrong` questions' last digit."""
+
+    def __init__(self, wrong=()):
+        super().__init__()
+        self.w, self.wrong = torch.nn.Parameter(torch.zeros(())), [data.encode(q) for q in wrong]
+
+    def forward(self, tokens, read=slice(None)):
+        logits = torch.nn.functional.one_hot(tokens[:, 1:], 15).float() * 10  # (B, P-1, V)
+        for q in self.wrong:
+            hit = (tokens == q).all(1)
+            logits[hit, -1] = logits[hit, -1].roll(1, -1)
+        return torch.cat([logits, logits[:, :1]], 1)[:, read]
+
+
+def test_sparse_set_catches_sparse_questions():
+    sets = data.sparse_sets("mix", 6)
+    add, sub = set(data.decode(sets["Add.sparse"])), set(data.decode(sets["Sub.sparse"]))
+    for q in ("500000+500000=+1000000", "000095+000005=+0000100", "000005+000095=+0000100", "500003+500000=+1000003"):
+        assert q in add
+    for q in ("000000-100000=-0100000", "019000-031000=-0012000"):
+        assert q in sub
+    assert "153007+153007=+0306014" not in add and len(add) == len(sub) > 100_000
+    pairs = data.sparse_pairs(6)
+    assert (((data.digits_of(pairs[:, 0], 6) + data.digits_of(pairs[:, 1], 6)) > 0).sum(1) <= 2).all()
+    sample = data.sparse_pairs(6, 500, torch.Generator().manual_seed(0))
+    assert 600 <= len(sample) <= 1100  # every one-column pair (up to 600) + 500 drawn
+    r = evaluate.verify(_Perfect(["019000-031000=-0012000"]), "mix", 6, 1000, progress=False)
+    assert evaluate.errors(r)["Sub.sparse"] == 1 and sum(evaluate.errors(r).values()) == 1
+    assert "019000-031000" in r["Sub.sparse"]["failures"][0]
+
+
+def test_verify_reports_uniform_and_enriched_apart():
+    r = evaluate.verify(_Perfect(), "add", 5, 20_000, progress=False)
+    share = lambda name, classes: sum(r[name]["by_class"].get(c, [0])[0] for c in classes) / 20_000  # noqa: E731
+    assert r["add uniform"]["questions"] == r["add enriched"]["questions"] == 20_000
+    assert share("add uniform", ["S4", "S5"]) < 0.001 < 0.01 < share("add enriched", ["S4", "S5"])
+    assert "uniform: every digit uniform" in evaluate.report(r) and not any(evaluate.errors(r).values())
+
+
+TINY = ("--digits", "1", "--steps", "30", "--d-model", "16", "--d-head", "8", "--batch-size", "32", "--verify", "100",
+        "--no-progress")
+
+
+def _quiet(main, args):
+    """Run a CLI's main() in-process without its output; return its exit status."""
+    import contextlib
+    import io
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        return main(list(args))
+
+
+def test_runs_never_overwrite_a_checkpoint_unless_asked():
+    with tempfile.TemporaryDirectory() as d:
+        pt = os.path.join(d, "add_d1_l2_h3_t30_s1.pt")
+        assert _quiet(train.main, [*TINY, "--out", d]) == 0
+        before = os.path.getmtime(pt)
+        err = cli_error(train.main, [*TINY, "--out", d])
+        assert "exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
+        assert os.path.getmtime(pt) == before
+        time.sleep(0.01)
+        assert _quiet(train.main, [*TINY, "--out", d, "--overwrite"]) == 0
+        assert os.path.getmtime(pt) > before
+    assert train.build_parser().get_default("out") == "runs" and "(default runs)" in train.build_parser().format_help()
+
+
+def _interrupt_at(step):
+    """An after_step hook that sends this process a real SIGINT (Ctrl-C) after `step` steps."""
+    count = [0]
+
+    def hook(model):
+        count[0] += 1
+        if count[0] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run():
+    cfg = Config(n_digits=2, n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32)
+    tc = train.TrainConfig(task="mix", n_digits=2, steps=40, batch_size=16, seed=5, clip=1.0, check_every=10,
+                           check_questions=50)
+    whole = Transformer(cfg, torch.Generator().manual_seed(5))
+    h_whole = train.train(whole, tc, progress=False)
+    part = Transformer(cfg, torch.Generator().manual_seed(5))
+    h_part = train.train(part, tc, after_step=_interrupt_at(17), progress=False)
+    assert h_part["interrupted"] and h_part["steps_done"] == 17
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "x.resume.pt")
+        artefacts.save_resume(path, part, tc, h_part)
+        model, tc2, h = artefacts.load_resume(path)
+    h_rest = train.train(model, train.TrainConfig(**tc2), resume=h, progress=False)
+    assert h_rest["steps_done"] == 40 and not h_rest["interrupted"]
+    assert h_rest["loss"] == h_whole["loss"] and h_rest["checks"][-1]["errors"] == h_whole["checks"][-1]["errors"]
+    assert [c["step"] for c in h_rest["checks"]] == [10, 20, 30, 40]
+    for (k, a), b in zip(whole.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_ctrl_c_at_the_command_line_saves_names_and_exits_non_zero():
+    import subprocess
+    with tempfile.TemporaryDirectory() as d:
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "train.py"), *TINY[:2], "--steps", "100000",
+                                 *TINY[4:-1], "--out", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = ""
+        while "loss=" not in seen and proc.poll() is None:  # the progress bar shows a loss: steps were taken
+            seen += proc.stderr.read(1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        err = seen + err
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        names = sorted(os.listdir(d))
+        assert len(names) == 4 and names[0].endswith("_s1.json") and "_t100K_" not in names[0], (names, out, err)
+        assert "not checked" in out and "--resume" in out and not any("uniform" in line for line in out.splitlines())
+        resume = os.path.join(d, [n for n in names if n.endswith(".resume.pt")][0])
+        code, _, err = run_cli("--resume", resume, "--lr", "1", "--no-progress")
+        assert code == 2 and "drop --lr" in err
 
 
 # ============================================================================= runner

@@ -9,24 +9,27 @@ Writes <out>/<name>.pt (weights + config), <name>.json (config, losses overall a
 position, the accuracy report) and <name>_loss.png. The loop follows the papers' Math notebooks:
 fresh random batches every step (with enrichment), AdamW, 20% linear warm-up from 1% then cosine to 0,
 and the loss is the mean NLL over the answer tokens only, computed in float64. Ctrl-C stops cleanly
-and saves what was trained. The evaluation (`score`, `verify`, `report`) lives here too, for
-analyse.py and reuse.py. Left out on purpose: gradient clipping and dropout (the papers use neither),
+and saves what was trained. The evaluation (`score`, `verify`, `report`) is in evaluate.py.
+Left out on purpose: gradient clipping and dropout (the papers use neither),
 validation splits (every batch is fresh), and multiplication.
 """
 import argparse
 import ctypes
-import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 import data
-from model import CheckpointError, Config, Transformer, load_model, pick_device, save_model
+from artefacts import free_name, load_resume, run_name, save_resume, write_outputs
+from evaluate import answer_nll, errors, report, verify
+from model import CheckpointError, Config, Transformer, load_model, pick_device
 
 # ----------------------------------------------------------------------------- configurations
 
@@ -49,7 +52,7 @@ for _p in PRESETS.values():
 # and a larger batch reach zero errors on a million questions in a few minutes on 2 cores. Measured over
 # seeds 1-5 (README "Speed"): 4,000 steps verified 2 of 5, and 5,000 or 6,000 steps still failed seed 2 on
 # short operands (00055+00045); with 10% short operands (data.shorten) 5,000 steps verified 4 of 5, 6,000 5 of 5.
-FAST = dict(layers=2, heads=3, d_model=64, d_head=16, d_mlp=256, batch_size=256, lr=3e-3,
+FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3,
             weight_decay=0.1, seed=1, p_short=0.1)
 FAST_STEPS = {"add": 6000, "sub": 8000, "mix": 12000}  # per task; one more digit needs ~25% more
 
@@ -58,26 +61,27 @@ FAST_STEPS = {"add": 6000, "sub": 8000, "mix": 12000}  # per task; one more digi
 class TrainConfig:
     task: str = "add"          # add, sub or mix
     n_digits: int = 5
-    steps: int = 4000
+    steps: int = 4000          # the step limit (and the length of the learning-rate schedule)
     batch_size: int = 256
-    lr: float = 3e-3
+    lr: float = 3e-3           # peak learning rate
     weight_decay: float = 0.1
     perc_sub: float = 50       # mix only: % of batches that are subtraction
     warmup: float = 0.2        # share of steps spent warming up linearly from 1% of lr
     seed: int = 1
     enrichment: bool = True
     p_short: float = 0.0       # share of questions with short operands (data.shorten); the papers: 0
+    clip: float = 0.0          # clip the gradient's global L2 norm to this (0 = off; the papers: off)
+    betas: tuple = (0.9, 0.98)  # AdamW's (beta1, beta2), as the papers
+    check_every: int = 0       # steps between checks on fresh and named questions (0 = no checks)
+    until_verified: bool = False  # stop at the first check with zero errors (needs check_every > 0)
+    check_questions: int = 2000  # fresh uniform and enriched questions per operation per check
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)  # a list from JSON is the same setting
+        if self.until_verified and self.check_every <= 0:
+            raise ValueError("until_verified needs check_every > 0 (steps between checks)")
 
 # ----------------------------------------------------------------------------- loss and schedule
-
-
-def answer_nll(logits, tokens, n_digits):
-    """Per-question, per-answer-token NLL (B, n+2) in float64. `logits` holds all positions (B, P, V)
-    or only the n+2 answer-predicting ones (B, n+2, V)."""
-    if logits.shape[1] != n_digits + 2:
-        logits = logits[:, data.logit_slice(n_digits)]
-    logp = logits.double().log_softmax(-1)  # float64, as the papers do: losses go down to 1e-9
-    return -logp.gather(-1, tokens[:, data.answer_slice(n_digits), None])[..., 0]
 
 
 def lr_factor(step, steps, warmup=0.2):
@@ -109,23 +113,75 @@ def set_threads(cfg: Config):
 # ----------------------------------------------------------------------------- training loop
 
 
+def check(model, tc: TrainConfig, gen: torch.Generator) -> dict:
+    """Errors {set name: wrong answers} on tc.check_questions fresh uniform and enriched questions per
+    operation, every named set, and the one-column sparse questions plus tc.check_questions two-column
+    ones, all drawn from `gen` (kept apart from the training data's generator)."""
+    was_training = model.training
+    model.eval()
+    found = errors(verify(model, tc.task, tc.n_digits, tc.check_questions, progress=False, gen=gen,
+                          sparse_sample=tc.check_questions))
+    model.train(was_training)
+    return found
+
+
 def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None, after_step=None,
-          progress=True):
-    """Train in place. Returns a history dict: 'loss' (steps,) and 'per_position' (steps, n+2) as lists,
-    plus 'seconds' and 'interrupted'. `after_backward(model)` may edit gradients and `after_step(model)`
-    weights (reuse.py freezes slices this way). Ctrl-C ends the loop early and keeps what was trained."""
+          progress=True, resume=None):
+    """Train in place for tc.steps steps, or until the first zero-error check with tc.until_verified.
+
+    `after_backward(model)` may edit gradients and `after_step(model)` weights (reuse.py freezes slices
+    this way). `resume` is the history of an interrupted run of the same model and config: training
+    continues from its step with its optimizer, schedule and data generators, to the same result as an
+    uninterrupted run. Ctrl-C (SIGINT) ends the loop after the step in progress (a second one at once).
+    Returns the history, a dict:
+      'loss' (steps_done,) and 'per_position' (steps_done, n+2): mean answer NLL per step, as lists;
+      'checks': [{"step", "seconds", "errors": {set name: wrong answers}}] every tc.check_every steps
+        and after the last step; 'verified_step': the step of the first check with zero errors, or None;
+      'steps_done', 'seconds' (wall time, checks included), 'interrupted' (bool),
+      'state': what `resume` needs (optimizer, schedule, generator states; None after a second Ctrl-C)."""
+    stop = []  # set by Ctrl-C (SIGINT): the loop ends after the step in progress
+
+    def on_sigint(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    try:
+        return _train(model, tc, device, after_backward, after_step, progress, resume, stop)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old_handler)
+
+
+def _train(model, tc, device, after_backward, after_step, progress, resume, stop):
     gen = torch.Generator().manual_seed(tc.seed + 1)  # data; the init generator is seeded with tc.seed
+    check_gen = torch.Generator().manual_seed(tc.seed + 2_000_003)  # checks: apart from training's data
     # fused: one kernel for all parameters instead of ~10 per tensor (profiled: 5.6 -> 1.4 ms of a CPU step)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.98), eps=1e-8,
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=1e-8,
                             weight_decay=tc.weight_decay, fused=torch.device(device).type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc.steps, tc.warmup))
     losses = torch.zeros(tc.steps, tc.n_digits + 2, dtype=torch.float64, device=device)
+    checks, verified, done, before = [], None, 0, 0.0
+    if resume:
+        st = resume["state"]
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        gen.set_state(st["data_rng"])
+        check_gen.set_state(st["check_rng"])
+        done, before = resume["steps_done"], resume["seconds"]
+        losses[:done] = torch.tensor(resume["per_position"], dtype=torch.float64)
+        checks, verified = list(resume["checks"]), resume["verified_step"]
     read = data.logit_slice(tc.n_digits)
     model.train()
-    bar = tqdm(range(tc.steps), desc=f"train {tc.task} d{tc.n_digits}", disable=not progress, mininterval=0.5)
-    done, t0, interrupted = 0, time.time(), False
+    bar = tqdm(range(done, tc.steps), desc=f"train {tc.task} d{tc.n_digits}", disable=not progress,
+               mininterval=0.5, initial=done, total=tc.steps)
+    t0, interrupted, state_ok = time.time(), False, True
     try:
         for step in bar:
+            if stop or (tc.until_verified and verified is not None):
+                interrupted = bool(stop)
+                break
             tokens = data.random_batch(tc.task, tc.n_digits, tc.batch_size, gen, tc.perc_sub,
                                        tc.enrichment, device, tc.p_short)
             logits = model(tokens, read)  # (B, n+2, V): the loss reads only the answer positions
@@ -134,6 +190,8 @@ def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None
             loss.backward()
             if after_backward:
                 after_backward(model)
+            if tc.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
@@ -141,160 +199,26 @@ def train(model: Transformer, tc: TrainConfig, device="cpu", after_backward=None
                 after_step(model)
             losses[step] = per_pos.detach()
             done = step + 1
-            if step % 100 == 0 or done == tc.steps:
+            if tc.check_every > 0 and (done % tc.check_every == 0 or done == tc.steps):
+                found = check(model, tc, check_gen)
+                checks.append({"step": done, "seconds": round(before + time.time() - t0, 3), "errors": found})
+                if verified is None and not any(found.values()):
+                    verified = done
+                bar.set_postfix(loss=f"{loss.item():.2e}", errors=sum(found.values()))
+            elif step % 100 == 0 or done == tc.steps:
                 bar.set_postfix(loss=f"{loss.item():.2e}")
-    except KeyboardInterrupt:
-        interrupted = True
-        print(f"\ninterrupted at step {done}: saving what was trained", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, in the middle of a step
+        interrupted, state_ok = True, False
+    bar.close()
+    if interrupted:
+        print(f"\ninterrupted after {done} steps: saving what was trained", file=sys.stderr)
     model.eval()
     per_pos = losses[:done].float().cpu()
-    return {"loss": per_pos.mean(1).tolist(), "per_position": per_pos.tolist(),
-            "seconds": time.time() - t0, "interrupted": interrupted, "steps_done": done}
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.inference_mode()
-def score(model, tokens, n_digits, batch_size=1024, with_loss=True):
-    """Run questions (B, P) in large batches. Returns (correct (B,) bool: every answer token right,
-    loss (B,) float: mean answer NLL, or None without `with_loss`, predicted answer tokens (B, n+2)).
-    One teacher-forced pass decides correctness exactly: greedy decoding gets a question right only if
-    every answer token is the argmax given the right tokens before it, which is what is checked here."""
-    device = next(model.parameters()).device
-    read = data.logit_slice(n_digits)
-    correct, loss, pred = [], [], []
-    for chunk in tokens.split(batch_size):
-        chunk = chunk.to(device)
-        logits = model(chunk, read)  # only the n+2 logits that are read: (b, n+2, V)
-        p = logits.argmax(-1)
-        correct.append((p == chunk[:, data.answer_slice(n_digits)]).all(1).cpu())
-        if with_loss:
-            loss.append(answer_nll(logits, chunk, n_digits).mean(1).float().cpu())
-        pred.append(p.cpu())
-    return torch.cat(correct), torch.cat(loss) if with_loss else None, torch.cat(pred)
-
-
-def ops_of(task):
-    return ["add", "sub"] if task == "mix" else [task]
-
-
-def all_questions(op, n_digits):
-    """Every question of an operation: 10^(2n) of them (a million for n = 3)."""
-    v = torch.arange(10 ** n_digits)
-    a, b = v.repeat_interleave(len(v)), v.repeat(len(v))
-    return data.make_questions(a, b, op, n_digits)
-
-
-def fresh_batches(op, n_digits, n_questions, seed, chunk):
-    """Yield n_questions fresh questions of one operation, `chunk` at a time (never all in memory)."""
-    gen = torch.Generator().manual_seed(seed)
-    for i in range(0, n_questions, chunk):
-        yield data.random_batch(op, n_digits, min(chunk, n_questions - i), gen)
-
-
-def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=65536):
-    """Check `n_questions` fresh questions per operation ('all' = every possible question, n <= 3) and
-    every named set. The generator is seeded apart from training's (seed + 1_000_003). Returns a dict
-    {set name: {"questions", "correct", "by_class": {class: [questions, correct]}, "failures": [...]}}."""
-    results = {}
-    sets = {}
-    for op in ops_of(task):
-        if n_questions == "all":
-            sets[f"{op} all"] = [all_questions(op, n_digits)]
-        else:
-            sets[f"{op} random"] = fresh_batches(op, n_digits, n_questions, seed + 1_000_003, chunk)
-    sets.update({k: [v] for k, v in data.named_sets(task, n_digits).items()})
-    total = sum(n_questions if isinstance(n_questions, int) else 10 ** (2 * n_digits) for _ in ops_of(task))
-    bar = tqdm(total=total, desc="verify", disable=not progress, mininterval=0.5)
-    for name, batches in sets.items():
-        r = {"questions": 0, "correct": 0, "by_class": {}, "failures": []}
-        for tokens in batches:
-            ok, _, pred = score(model, tokens, n_digits, with_loss=False)  # the loss is not reported
-            cls = data.complexity(tokens, n_digits)
-            for c in cls.unique().tolist():
-                m = cls == c
-                q, k = r["by_class"].get(data.COMPLEXITY[c], [0, 0])
-                r["by_class"][data.COMPLEXITY[c]] = [q + int(m.sum()), k + int(ok[m].sum())]
-            r["questions"] += len(tokens)
-            r["correct"] += int(ok.sum())
-            for i in (~ok).nonzero()[:10 - len(r["failures"])].flatten().tolist():
-                q = data.decode(tokens[i])
-                r["failures"].append(f"{q[:2 * n_digits + 1]} = {data.decode(pred[i])} (expected {q[2 * n_digits + 2:]})")
-            if name.endswith(("random", "all")):
-                bar.update(len(tokens))
-        results[name] = r
-    bar.close()
-    return results
-
-
-def report(results) -> str:
-    """The verification results as a text table: the fresh questions by complexity class, each named set
-    in one line, then the first failures as `a+b = got (expected)`."""
-    lines = [f"{'set':<12} {'class':<6} {'questions':>10} {'correct':>10} {'%':>9} {'errors':>7}"]
-
-    def row(name, c, q, k):
-        lines.append(f"{name:<12} {c:<6} {q:>10,} {k:>10,} {100 * k / q:>8.4f}% {q - k:>7,}")
-    for name, r in results.items():
-        if name.endswith(("random", "all")):
-            for c, (q, k) in sorted(r["by_class"].items(), key=lambda kv: data.COMPLEXITY.index(kv[0])):
-                row(name, c, q, k)
-        row(name, "all", r["questions"], r["correct"])
-    fails = [f for r in results.values() for f in r["failures"]]
-    return "\n".join(lines + (["first failures:"] + ["  " + f for f in fails[:10]] if fails else ["no failures"]))
-
-
-# ----------------------------------------------------------------------------- artefacts
-
-
-def run_name(tc: TrainConfig, cfg: Config, prefix=""):
-    """Named like the papers' successor: add_d5_l2_h3_t15K_s372001."""
-    return f"{prefix}{tc.task}_d{cfg.n_digits}_l{cfg.n_layers}_h{cfg.n_heads}_t{tc.steps / 1000:g}K_s{tc.seed}"
-
-
-def plot_losses(history, n_digits, title=""):
-    """Overall loss and one curve per answer token, log scale, smoothed over ~1% of the steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    per_pos = torch.tensor(history["per_position"]).clamp_min(1e-12)  # (steps, n+2)
-    k = max(1, len(per_pos) // 100)
-    smooth = per_pos.unfold(0, k, 1).mean(-1) if len(per_pos) >= k else per_pos  # (steps-k+1, n+2)
-    x = torch.arange(len(smooth)) + k
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    ax1.plot(x, smooth.mean(1), color="black")
-    ax1.set(yscale="log", xlabel="step", ylabel="answer loss (NLL)", title=f"{title} loss")
-    names = ["sign"] + [f"A{n_digits - i}" for i in range(n_digits + 1)]
-    colors = plt.cm.viridis(torch.linspace(0, 0.95, n_digits + 2).numpy())
-    for i, name in enumerate(names):
-        ax2.plot(x, smooth[:, i], label=name, color=colors[i], lw=1.2)
-    ax2.set(yscale="log", xlabel="step", title="loss per answer token: digits are learned one by one")
-    ax2.legend(ncol=2, fontsize=8)
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    return fig
-
-
-def write_outputs(out, name, model, tc: TrainConfig, history, results=None, **extra):
-    """The checkpoint, its .json and its _loss.png, all named `name` in folder `out`."""
-    os.makedirs(out, exist_ok=True)
-    final = history["loss"][-5:] or [float("nan")]
-    info = dict(task=tc.task, seed=tc.seed, steps=history["steps_done"], final_loss=final[-1],
-                avg_final_loss=sum(final) / len(final), train=asdict(tc), **extra)
-    save_model(os.path.join(out, name + ".pt"), model, **info)
-    k = max(1, len(history["loss"]) // 2000)  # keep the .json small: at most ~2000 points per curve
-    js = dict(info, name=name, config=asdict(model.cfg), seconds=history["seconds"],
-              interrupted=history["interrupted"], loss_every=k,
-              loss=[round(v, 10) for v in history["loss"][::k]],
-              per_position=[[round(v, 10) for v in row] for row in history["per_position"][::k]],
-              verify=results)
-    tmp = os.path.join(out, name + ".json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(js, f, indent=1)
-    os.replace(tmp, os.path.join(out, name + ".json"))
-    fig = plot_losses(history, model.cfg.n_digits, name)
-    fig.savefig(os.path.join(out, name + "_loss.png"), dpi=110)
-    return os.path.join(out, name + ".pt")
+    state = dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(), data_rng=gen.get_state(),
+                 check_rng=check_gen.get_state()) if state_ok else None
+    return {"loss": per_pos.mean(1).tolist(), "per_position": per_pos.tolist(), "checks": checks,
+            "verified_step": verified, "seconds": before + time.time() - t0, "interrupted": interrupted,
+            "steps_done": done, "state": state}
 
 # ----------------------------------------------------------------------------- command line
 
@@ -323,8 +247,27 @@ def verify_count(s):
     return "all" if s == "all" else positive(int)(s)
 
 
+def share(s):
+    v = positive(float)(s) if s != "0" else 0.0
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {s}")
+    return v
+
+
+def non_negative(s):
+    return 0.0 if s in ("0", "0.0") else positive(float)(s)
+
+
+TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
+               "weight_decay", "perc_sub", "seed", "p_short", "warmup", "clip", "betas", "check_every",
+               "check_questions", "until_verified", "preset")
+
+
 def build_parser():
-    p = Parser(prog="train.py", description="Train a transformer on n-digit addition/subtraction, then verify it.")
+    p = Parser(prog="train.py", description="Train a transformer on n-digit addition/subtraction, then verify it: "
+               "fresh uniform questions (every digit uniform, the natural distribution), fresh enriched ones "
+               "(the training distribution, long carry/borrow cascades made common) and the named sets, "
+               "each reported apart.")
     p.add_argument("--task", choices=["add", "sub", "mix"], help="operation to learn (default add)")
     p.add_argument("--digits", type=int, help=f"digits per operand, 1 to {data.MAX_DIGITS} (default 5)")
     p.add_argument("--layers", type=positive(int), help="transformer blocks (default 2)")
@@ -332,19 +275,35 @@ def build_parser():
     p.add_argument("--d-model", type=positive(int), help="residual stream width (default 64; paper 510)")
     p.add_argument("--d-head", type=positive(int), help="width of each head (default 16; paper 170)")
     p.add_argument("--d-mlp", type=positive(int), help="MLP hidden width (default 4*d_model)")
-    p.add_argument("--steps", type=positive(int), help="training steps (default: 6000 add, 8000 sub, 12000 mix)")
+    p.add_argument("--steps", type=positive(int), help="training steps, the step limit with --until-verified "
+                   "(default: 6000 add, 8000 sub, 12000 mix at 5 digits, x1.25 per digit above 5)")
     p.add_argument("--batch-size", type=positive(int), help="questions per step (default 256; paper 64)")
     p.add_argument("--lr", type=positive(float), help="peak learning rate (default 3e-3; paper 8e-5)")
+    p.add_argument("--warmup", type=share, help="share of the steps warming up linearly from 1%% of --lr, "
+                   "then cosine to 0 (default 0.2)")
+    p.add_argument("--betas", type=positive(float), nargs=2, metavar=("BETA1", "BETA2"),
+                   help="AdamW betas (default 0.9 0.98, as the papers)")
+    p.add_argument("--clip", type=non_negative, help="clip the gradient's L2 norm to this, 0 = off (default 0)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
     p.add_argument("--perc-sub", type=float, help="mix: %% of batches that are subtraction (default 50)")
     p.add_argument("--short-operands", dest="p_short", type=float,
                    help="share of questions whose top digits are zeroed, 0 to 1 (default 0.1; paper 0)")
     p.add_argument("--seed", type=int, help="seed for initialisation and data (default 1)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or mps")
-    p.add_argument("--out", default="checkpoints", help="folder for the .pt, .json and _loss.png")
+    p.add_argument("--check-every", type=positive(int), help="check the model every K steps on fresh uniform and "
+                   "enriched questions and every named set (default: 250 with --until-verified, else never)")
+    p.add_argument("--check-questions", type=positive(int),
+                   help="fresh uniform and enriched questions per operation per check (default 2000)")
+    p.add_argument("--until-verified", action="store_true", default=None,
+                   help="stop at the first check with zero errors, then run the full --verify check")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or mps (default auto)")
+    p.add_argument("--out", default="runs", help="folder for the .pt, .json and _loss.png (default runs)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint of the same name (default: refuse)")
+    p.add_argument("--resume", metavar="PATH", help="continue the interrupted run saved in PATH (a .resume.pt)")
     p.add_argument("--preset", help="a paper configuration: " + ", ".join(PRESETS))
     p.add_argument("--verify", type=verify_count, default=100_000,
-                   help="fresh questions to check per operation after training, or 'all' (n <= 3)")
+                   help="fresh uniform questions, and as many enriched ones, to check per operation after "
+                   "training, plus every named set; or 'all' (every question, n <= 3) (default 100000; the "
+                   "papers 1000000)")
     p.add_argument("--checkpoint", help="with --verify: check this checkpoint instead of training")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
@@ -363,8 +322,7 @@ def resolve(args, p):
         base = dict(FAST, task=task, digits=5, perc_sub=50)
         base["steps"] = FAST_STEPS[task]
     explicit = {k: v for k, v in vars(args).items() if v is not None and k in
-                ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size",
-                 "lr", "weight_decay", "perc_sub", "seed", "p_short")}
+                TRAIN_FLAGS[:-1]}
     b = {**base, **explicit}
     if not args.preset and "steps" not in explicit and b["digits"] > 5:  # more digits, more steps
         b["steps"] = int(FAST_STEPS[b["task"]] * 1.25 ** (b["digits"] - 5))
@@ -380,9 +338,14 @@ def resolve(args, p):
     cfg = Config(n_digits=b["digits"], n_layers=b["layers"], n_heads=b["heads"], d_model=b["d_model"],
                  d_head=b["d_head"], d_mlp=d_mlp)
     perc = {"add": 0, "sub": 100}.get(b["task"], b["perc_sub"])
+    defaults = TrainConfig()
+    check_every = b.get("check_every") or (250 if b.get("until_verified") else 0)
     tc = TrainConfig(task=b["task"], n_digits=b["digits"], steps=b["steps"], batch_size=b["batch_size"],
                      lr=b["lr"], weight_decay=b["weight_decay"], perc_sub=perc, seed=b["seed"],
-                     p_short=b.get("p_short", 0.0))
+                     p_short=b.get("p_short", 0.0), warmup=b.get("warmup", defaults.warmup),
+                     clip=b.get("clip", defaults.clip), betas=tuple(b.get("betas", defaults.betas)),
+                     check_every=check_every, until_verified=bool(b.get("until_verified")),
+                     check_questions=b.get("check_questions", defaults.check_questions))
     return cfg, tc
 
 
@@ -416,6 +379,23 @@ def verify_checkpoint(args, p, device):
     return results
 
 
+def describe(cfg: Config, tc: TrainConfig, device, n_params) -> str:
+    """The settings of a run as readable lines."""
+    checks = (f"every {tc.check_every:,} steps on {tc.check_questions:,} fresh uniform and enriched questions per "
+              f"operation and the named sets" + ("; stop at the first with zero errors" * tc.until_verified)
+              if tc.check_every else "none during training")
+    return "\n".join([
+        f"model:    {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, d_head {cfg.d_head}, "
+        f"d_mlp {cfg.d_mlp}, {cfg.n_digits} digits: {n_params:,} parameters",
+        f"task:     {tc.task}" + (f", {tc.perc_sub:g}% of batches subtraction" if tc.task == "mix" else "")
+        + f"; enrichment {'on' if tc.enrichment else 'off'}, {tc.p_short:.0%} short operands",
+        f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW lr {tc.lr:g} (warm-up {tc.warmup:.0%}, "
+        f"then cosine), betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "
+        f"gradient clipping {f'to norm {tc.clip:g}' if tc.clip else 'off'}",
+        f"checks:   {checks}",
+        f"seed {tc.seed}, device {device}, {torch.get_num_threads()} thread(s)"])
+
+
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
@@ -426,16 +406,45 @@ def main(argv=None):
     if args.checkpoint:
         results = verify_checkpoint(args, p, device)
         return 0 if all(r["correct"] == r["questions"] for r in results.values()) else 1
-    cfg, tc = resolve(args, p)
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in TRAIN_FLAGS if getattr(args, k) is not None]
+        if given:
+            p.error(f"--resume continues the saved run's settings: drop {', '.join(given)}")
+        try:
+            model, tc, resume = load_resume(args.resume, device)
+            tc = TrainConfig(**tc)
+        except CheckpointError as e:
+            p.error(str(e))
+        cfg = model.cfg
+    else:
+        cfg, tc = resolve(args, p)
+        model, resume = Transformer(cfg, torch.Generator().manual_seed(tc.seed)).to(device), None
+        target = os.path.join(args.out, run_name(tc, cfg) + ".pt")
+        if os.path.exists(target) and not args.overwrite:
+            p.error(f"{target} exists: pass --overwrite to replace it, or choose another --out")
     if args.verify == "all" and cfg.n_digits > 3:
         p.error(f"--verify all needs at most 3 digits (10^{2 * cfg.n_digits} questions per operation here)")
     set_threads(cfg)
-    print({**asdict(cfg), **asdict(tc), "device": str(device), "threads": torch.get_num_threads()})
-    model = Transformer(cfg, torch.Generator().manual_seed(tc.seed)).to(device)
-    print(f"{sum(p.numel() for p in model.parameters()):,} parameters")
-    history = train(model, tc, device, progress=not args.no_progress)
-    name = run_name(tc, cfg)
-    print(f"trained {history['steps_done']} steps in {history['seconds']:.0f}s, final loss {history['loss'][-1]:.3g}")
+    print(describe(cfg, tc, device, sum(p.numel() for p in model.parameters())), flush=True)
+    history = train(model, tc, device, progress=not args.no_progress, resume=resume)
+    done = history["steps_done"]
+    name = free_name(args.out, run_name(tc, cfg, steps=done), args.overwrite)
+    last = f", final loss {history['loss'][-1]:.3g}" if done else ""
+    print(f"trained {done:,} steps in {history['seconds']:.0f}s{last}")
+    if history["interrupted"] and not done:
+        print("interrupted before the first step: nothing saved")
+        return 130
+    if history["interrupted"]:
+        path = write_outputs(args.out, name, model, tc, history, interrupted_at=done)
+        print(f"interrupted: saved {path} (trained {done:,} of {tc.steps:,} steps; not checked)")
+        if history["state"]:
+            save_resume(os.path.join(args.out, name + ".resume.pt"), model, tc, history)
+            print(f"continue with: python train.py --resume {os.path.join(args.out, name + '.resume.pt')}")
+        return 130
+    if tc.until_verified:
+        print(f"verified at step {history['verified_step']:,}: a check found zero errors" if history["verified_step"]
+              else f"NOT verified: the step limit ({tc.steps:,} steps) was reached and the last check still "
+              f"found {sum(history['checks'][-1]['errors'].values()):,} errors")
     write_outputs(args.out, name, model, tc, history)  # saved before checking, so nothing is lost
     results = verify(model, tc.task, cfg.n_digits, args.verify, tc.seed, progress=not args.no_progress)
     print(report(results))
@@ -445,4 +454,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("\ninterrupted before training: nothing saved", file=sys.stderr)
+        sys.exit(130)
