@@ -634,12 +634,19 @@ def _reuse_main(argv):
     import contextlib
     import io
     import reuse
-    out, err = io.StringIO(), io.StringIO()
+    out, err, threads = io.StringIO(), io.StringIO(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # train.set_threads would give these tiny models every core
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             rc = reuse.main(argv)
         except SystemExit as e:
             rc = e.code
+        finally:
+            if threads is None:
+                del os.environ["OMP_NUM_THREADS"]
+            else:
+                os.environ["OMP_NUM_THREADS"] = threads
+            torch.set_num_threads(1)  # as the tests run
     return rc, out.getvalue(), err.getvalue()
 
 
