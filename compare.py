@@ -10,7 +10,8 @@ same command run again skips it and a folder never mixes settings. The report (c
 compare.png) covers every finished run in the folder: per seed and arm, the steps and minutes to the first
 check with zero errors, the errors of the final check (fresh uniform and enriched questions per operation,
 every named and sparse set) and the final loss; per arm, the seeds verified and the median steps to
-verified; a plot of the errors at each check. Left out on purpose: significance tests (5 seeds per arm cannot carry them).
+verified; a plot of the errors at each check. Left out on purpose: significance tests (5 seeds per arm
+cannot carry them).
 """
 import json
 import os
@@ -162,14 +163,14 @@ def markdown(settings, rows, summary, usage=None) -> str:
              f"questions per operation, the named and sparse sets; at the end on {n:,} fresh uniform (add errors, "
              f"sub errors) and {n // 10:,} enriched questions per operation, every named set and every sparse one.",
              "",
-             "| arm | seed | steps to 0 errors | minutes | add errors | sub errors | enriched errors | named-set errors "
-             "| final loss |", "|---|---|---|---|---|---|---|---|---|"]
+             "| arm | seed | steps to 0 errors | minutes | add errors | sub errors | enriched errors "
+             "| named + sparse errors | final loss |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         add, sub, enriched, named = split_errors(r)
         v, s = r["verified_step"], r["verified_seconds"]
         steps, minutes = (never, "-") if v is None else (f"{v:,}", f"{s / 60:.1f}")
-        lines.append(f"| {r['arm']} | {r['seed']} | {steps} | {minutes} | {add:,} | {sub:,} | {enriched:,} | {named:,} | "
-                     f"{r['final_loss']:.3g} |")
+        lines.append(f"| {r['arm']} | {r['seed']} | {steps} | {minutes} | {add:,} | {sub:,} | {enriched:,} "
+                     f"| {named:,} | {r['final_loss']:.3g} |")
     lines += ["", "| arm | seeds with a zero-error check | seeds with 0 errors at the end | median steps to 0 errors "
               "| median minutes |", "|---|---|---|---|---|"]
     for arm, s in summary.items():
@@ -212,6 +213,7 @@ def write_report(folder, settings, rows, usage=None) -> str:
         f.write(text + "\n![errors at each check](compare.png)\n")
     with open(os.path.join(folder, "compare.json"), "w") as f:
         json.dump(dict(settings=settings, runs=rows, arms=summary, node_usage=usage), f, indent=1)
-    plot_errors(rows, f"errors at each check: {', '.join(summary)}").savefig(os.path.join(folder, "compare.png"), dpi=110)
+    fig = plot_errors(rows, f"errors at each check: {', '.join(summary)}")
+    fig.savefig(os.path.join(folder, "compare.png"), dpi=110)
     print(text)
     return os.path.join(folder, "compare.md")

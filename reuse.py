@@ -308,7 +308,7 @@ def run(src, cfg, tc, how, heads, device, args, out, source, usage=0, overwrite=
             after = {k: v for k, v in evaluate.errors(results).items() if k.lower().startswith("add")}
             info["adder"].update(after_training=after, changed=changed_from_source(src, model, offset))
             print(f"after training: {sum(after.values()):,} addition errors; source tensors changed: "
-                  f"{', '.join(info['adder']['changed']) or 'none (the inserted adder is the verified one)'}")
+                  f"{', '.join(info['adder']['changed']) or 'none (every inserted weight is as in the source)'}")
             if usage > 0:
                 rows, base = inserted_node_usage(model.cpu(), src.cfg, offset, usage, tc.seed, progress)
                 print("what the inserted nodes do now (mean ablation, share of correct answers broken):")
