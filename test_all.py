@@ -518,14 +518,14 @@ def test_interventions_self_patch_positive_control_and_unused_node():
     passes, total = iv.test_claim(model, store, alter, want, [Node(0, 0, 0)])
     assert passes == 0 and total == len(alter)
 
-# ============================================================================= reuse (reuse.py, reuse_nodes.py)
+# ============================================================================= reuse: growing an adder, and the comparison
 
 TINY_ADD3 = os.path.join(HERE, "checkpoints", "tiny", "add_d3_l2_h3_t1K_s0.pt")  # 3-digit add, 100% on all 10^6
 
 
-def _reuse_source(n_layers=2, n_heads=3, seed=0):
-    """An untrained 2-digit source whose every weight, bias and LayerNorm is random (so a missed copy shows)."""
-    cfg = Config(n_digits=2, n_layers=n_layers, n_heads=n_heads, d_model=48, d_head=16, d_mlp=192)
+def _reuse_source(n_layers=2, n_heads=3, seed=0, n_digits=2):
+    """An untrained source whose every weight, bias and LayerNorm is random (so a missed copy shows)."""
+    cfg = Config(n_digits=n_digits, n_layers=n_layers, n_heads=n_heads, d_model=48, d_head=16, d_mlp=192)
     src = Transformer(cfg, torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -555,7 +555,7 @@ def test_reuse_insert_copies_every_tensor():
         assert torch.equal(model.blocks[free].attn.W_Q, fresh.blocks[free].attn.W_Q)
         assert torch.equal(model.blocks[offset].attn.W_Q[3], fresh.blocks[offset].attn.W_Q[3])
     faithful = Transformer(cfg, torch.Generator().manual_seed(1))
-    reuse.insert(src, faithful, faithful=True)  # the papers' Math_Train copies Q/K/V, not W_O, ln2, b_U
+    reuse.insert(src, faithful, faithful=True)  # the reference copies Q/K/V but not W_O, ln2, b_U
     assert torch.equal(faithful.blocks[0].attn.W_Q[:3], src.blocks[0].attn.W_Q)
     assert not torch.equal(faithful.blocks[0].attn.W_O[:3], src.blocks[0].attn.W_O)
     assert not torch.equal(faithful.blocks[1].ln2.w, src.blocks[1].ln2.w)
@@ -643,27 +643,156 @@ def test_reuse_width_mismatch_is_one_line():
         assert r.returncode != 0 and "d_model" in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
 
 
-def test_reuse_cli_trains_saves_and_compares():
+def _save_source(folder, src=None, task="add"):
+    """A source checkpoint in `folder`: by default a random 1-digit one (its final checks are small)."""
+    path = os.path.join(folder, "src.pt")
+    save_model(path, src or _reuse_source(n_digits=1), task=task, steps=10,
+               train={"lr": 3e-3, "batch_size": 32, "weight_decay": 0.1})
+    return path
+
+
+def _reuse_main(argv):
+    """reuse.main in this process: (exit status, stdout, stderr); a command-line error exits with status 2."""
     import contextlib
     import io
     import reuse
-    src = _reuse_source()
+    out, err, threads = io.StringIO(), io.StringIO(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # train.set_threads would give these tiny models every core
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = reuse.main(argv)
+        except SystemExit as e:
+            rc = e.code
+        finally:
+            if threads is None:
+                del os.environ["OMP_NUM_THREADS"]
+            else:
+                os.environ["OMP_NUM_THREADS"] = threads
+            torch.set_num_threads(1)  # as the tests run
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_reuse_cli_trains_saves_and_records_the_adder():
+    import hashlib
+    import json
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "src.pt")
-        save_model(path, src, task="add", steps=10, train={"lr": 3e-3, "batch_size": 32, "weight_decay": 0.1})
-        common = ["--from", path, "--steps", "8", "--verify", "100", "--out", tmp, "--no-progress"]
-        with contextlib.redirect_stdout(io.StringIO()) as log:
-            assert reuse.main(common + ["--mode", "freeze-all", "--usage", "10", "--late"]) == 0
-            assert reuse.main(common + ["--compare", "--seeds", "1"]) == 0
-        assert "L2MLP" in log.getvalue()  # the node-usage table was printed
-        model, info = load_model(os.path.join(tmp, "ins3_mix_d2_l3_h4_t8_s1_late.pt"))
+        path = _save_source(tmp)
+        src, _ = load_model(path)
+        common = ["--from", path, "--any-source", "--steps", "8", "--verify", "100", "--check-every", "4",
+                  "--check-questions", "50", "--out", tmp, "--no-progress"]
+        rc, log, _ = _reuse_main(common + ["--mode", "freeze-all", "--usage", "10", "--late"])
+        assert rc == 0 and "L2MLP" in log  # the node-usage table was printed
+        model, info = load_model(os.path.join(tmp, "ins3_mix_d1_l3_h4_t8_s1_late.pt"))
         assert info["insert"]["offset"] == 1 and info["train"]["batch_size"] == 32
         assert len(info["node_usage"]["rows"]) == 8  # 2 inserted layers x (3 heads + MLP)
-        md = open(os.path.join(tmp, "compare_ins1_mix_d2_l3_h4_t0.008K_s1-1.md")).read()
-        assert "| 1 | inserted |" in md and "| 1 | scratch |" in md
-        assert os.path.isfile(os.path.join(tmp, "compare_ins1_mix_d2_l3_h4_t0.008K_s1-1.png"))
-    assert reuse.steps_below([1.0] * 20 + [1e-4] * 30) == 30  # the mean of the last 10 steps
-    assert reuse.steps_below([1.0] * 3 + [1e-4] + [1.0] * 50) is None  # one lucky batch is not learning
+        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+        assert info["source"] == {"file": "src.pt", "sha256": digest} and tmp not in json.dumps(info)
+        changed = info["adder"]["changed"]  # freeze-all alone: the inserted blocks stay, the ends train
+        assert {"embed.W_E", "unembed.W_U", "ln_final.w"} <= set(changed), changed
+        assert not any(n.startswith("blocks.") for n in changed), changed
+
+        rc, log, _ = _reuse_main(common + ["--mode", "freeze-all", "--freeze-embed", "--preserve", "--usage", "0"])
+        assert rc == 0 and "every inserted weight is as in the source" in log
+        js = json.load(open(os.path.join(tmp, "ins3_mix_d1_l3_h4_t8_s1_preserve_embed.json")))
+        assert js["adder"]["changed"] == [] and set(js["adder"]["after_training"]) >= {"add uniform", "Add.rule"}
+        # right after insertion with --preserve the grown model answers additions exactly as the source
+        assert js["adder"]["at_insertion"] == evaluate.errors(evaluate.verify(src, "add", 1, 50, 1, progress=False,
+                                                                                     sparse_sample=50))
+        assert sum(js["adder"]["at_insertion"].values()) > 0  # a random source: the equality above is not 0 == 0
+
+
+def test_reuse_refuses_a_source_that_cannot_add():
+    import reuse
+    add3, info = load_model(TINY_ADD3)
+    assert reuse.check_source(add3, info) == 1.0
+    assert reuse.check_source(add3, {}) == 1.0  # a TransformerLens file records no task: it is scored
+    for model, task, says in ((add3, "sub", "is a sub model"), (add3, "mix", "is a mix model"),
+                              (_reuse_source(), None, "not an addition model")):
+        try:
+            reuse.check_source(model, {"task": task} if task else {})
+            raise AssertionError(f"{says}: should be refused")
+        except ValueError as e:
+            assert says in str(e) and "\n" not in str(e), str(e)
+    with tempfile.TemporaryDirectory() as tmp:
+        sub = _save_source(tmp, task="sub")
+        tl = os.path.join(tmp, "tl.pt")
+        torch.save(_reuse_source().state_dict(), tl)  # TransformerLens format: weights only, no task
+        for path, says in ((sub, "is a sub model"), (tl, "fresh addition questions right")):
+            rc, _, err = _reuse_main(["--from", path, "--steps", "8", "--out", tmp])
+            assert rc == 2 and says in err and "--any-source" in err and len(err.strip().splitlines()) == 1, err
+            assert not os.path.exists(os.path.join(tmp, "ins1_mix_d1_l3_h4_t8_s1.pt"))
+
+
+def _compare_args(path, tmp, seeds, arms="init,scratch"):
+    return ["--from", path, "--any-source", "--compare", "--arms", arms, "--seeds", str(seeds), "--steps", "8",
+            "--check-every", "4", "--check-questions", "50", "--verify", "100", "--usage", "10", "--out", tmp,
+            "--no-progress"]
+
+
+def test_reuse_compare_resumes_and_reports():
+    import json
+    real, calls, interrupt = train.train, [], []
+
+    def counted(model, tc, *args, **kw):  # counts the runs trained; can play a Ctrl-C in the middle of one
+        history = real(model, tc, *args, **kw)
+        calls.append(tc.seed)
+        if interrupt:
+            history["interrupted"] = interrupt.pop()
+        return history
+    train.train = counted
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _save_source(tmp)
+            folder = os.path.join(tmp, "compare_mix_d1_l3_h4_t8")
+            assert _reuse_main(_compare_args(path, tmp, 1))[0] == 0 and calls == [1, 1]
+            interrupt.append(True)  # the next run is stopped by Ctrl-C: it is not recorded
+            assert _reuse_main(_compare_args(path, tmp, 2))[0] == 130 and calls == [1, 1, 2]
+            assert len(open(os.path.join(folder, "results.jsonl")).readlines()) == 2
+            assert _reuse_main(_compare_args(path, tmp, 2))[0] == 0 and calls == [1, 1, 2, 2, 2]
+            md = open(os.path.join(folder, "compare.md")).read()
+            assert _reuse_main(_compare_args(path, tmp, 2))[0] == 0 and len(calls) == 5, "finished runs are skipped"
+            assert open(os.path.join(folder, "compare.md")).read() == md
+            for row in ("| init | 1 |", "| init | 2 |", "| scratch | 1 |", "| scratch | 2 |"):
+                assert row in md, md
+            assert "| init | 0 of 2 | 0 of 2 | not within the budget |" in md and "`ins1_mix_d1_l3_h4" in md
+            report = json.load(open(os.path.join(folder, "compare.json")))
+            assert len(report["runs"]) == 4 and report["arms"]["scratch"]["seeds"] == 2
+            assert all(len(r["checks"]) == 2 for r in report["runs"])  # steps 4 and 8
+            assert os.path.isfile(os.path.join(folder, "compare.png"))
+            rc, _, err = _reuse_main(_compare_args(path, tmp, 2) + ["--lr", "1e-3"])
+            assert rc == 2 and "train.lr" in err and len(err.strip().splitlines()) == 1, err
+            assert len(calls) == 5
+    finally:
+        train.train = real
+
+
+def test_reuse_compare_arms_train_on_identical_batches():
+    import hashlib
+    real_train, real_batch, streams, current = train.train, data.random_batch, [], []
+
+    def batch(*args, **kw):
+        tokens = real_batch(*args, **kw)
+        if current:
+            current[-1].append(hashlib.sha1(tokens.cpu().numpy().tobytes()).hexdigest())
+        return tokens
+
+    def recorded(model, tc, *args, **kw):  # every batch drawn while one run trains (its checks' too)
+        current.append([])
+        try:
+            return real_train(model, tc, *args, **kw)
+        finally:
+            streams.append((tc.seed, current.pop()))
+    train.train, data.random_batch = recorded, batch
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            args = _compare_args(_save_source(tmp), tmp, 2, "init,scratch,keep-adder:1") + ["--usage", "0"]
+            assert _reuse_main(args)[0] == 0
+    finally:
+        train.train, data.random_batch = real_train, real_batch
+    assert [s for s, _ in streams] == [1, 1, 1, 2, 2]  # seed by seed: init, scratch, keep-adder (seed 1 only)
+    first, second = [b for _, b in streams[:3]], [b for _, b in streams[3:]]
+    assert len(first[0]) >= 8 and first[0] == first[1] == first[2] and second[0] == second[1]
+    assert first[0][:8] != second[0][:8], "another seed should draw other batches"
 
 
 def test_reuse_node_usage_after_growing():
