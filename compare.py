@@ -2,7 +2,7 @@
 The reuse comparison's records and report: does a grown model (a verified adder inserted, reuse.py) reach
 zero errors on addition and subtraction sooner, and more often, than the same architecture from scratch?
 
-    python reuse.py --compare --from checkpoints/add_d6_l2_h3_t8K_s1.pt --seeds 5 --until-verified
+    python reuse.py --compare --from <a verified 6-digit adder> --seeds 5 --until-verified
 
 reuse.py trains the runs; this file keeps them and reports them. Each finished run is one JSON line in
 <folder>/results.jsonl, written the moment it finishes, with the settings it was made with, so that the

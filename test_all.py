@@ -301,11 +301,9 @@ def test_cli_bad_input_is_one_line():
         assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "corrupt.pt" in err
 
 
-def test_smoke_tiny_model_learns_two_digit_addition():
-    t = time.time()
+def test_smoke_tiny_model_learns_two_digit_addition():  # speed is measured in bench.py, never in a test
     model = tiny_model("add", 2, 600)
     results = evaluate.verify(model, "add", 2, "all", progress=False)
-    assert time.time() - t < 60
     assert results["add all"]["correct"] >= 0.99 * 10_000, evaluate.report(results)
 
 
