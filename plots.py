@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: this module never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 import data  # noqa: E402
 import evaluate  # noqa: E402
@@ -34,12 +34,13 @@ def paled(cmap, shades):
     return [tuple(0.5 * c + 0.5 for c in cm(i / max(1, shades - 1))[:3]) for i in range(shades)]
 
 
-def quanta_map(cells, rows, cols, colors, title, max_width=6, fontsize=9):
+def quanta_map(cells, rows, cols, colors, title, max_width=6, fontsize=9, legend=None, col_labels=None):
     """A quanta map (the reference notebook's): rows are `L0H0 .. L0MLP, L1H0 ..`, columns are position names.
 
     cells: {(row, col): (text, colour index)}. Only rows and columns holding a cell are drawn; missing
     cells are grey. The colour index is clamped into the palette, so no value can overflow it
-    (the reference crashed on a 100% failure and on `M4+`)."""
+    (the reference crashed on a 100% failure and on `M4+`). legend: one label per colour, drawn as a key
+    under the map; col_labels: {col: tick label} (e.g. the token and the answer token it predicts)."""
     rows = [r for r in rows if any((r, c) in cells for c in cols)]
     cols = [c for c in cols if any((r, c) in cells for r in rows)]
     fig, ax = plt.subplots(figsize=(max(3.5, 0.7 * len(cols) + 1.3), max(1.8, 0.65 * len(rows) + 1.2)))
@@ -54,7 +55,7 @@ def quanta_map(cells, rows, cols, colors, title, max_width=6, fontsize=9):
                         va="center", fontsize=size)
     ax.set_xlim(0, max(1, len(cols)))
     ax.set_ylim(max(1, len(rows)), 0)  # row 0 (L0H0) at the top
-    ax.set_xticks([j + 0.5 for j in range(len(cols))], cols)
+    ax.set_xticks([j + 0.5 for j in range(len(cols))], [(col_labels or {}).get(c, c) for c in cols])
     ax.set_yticks([i + 0.5 for i in range(len(rows))], rows)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
@@ -62,7 +63,11 @@ def quanta_map(cells, rows, cols, colors, title, max_width=6, fontsize=9):
         side.set_visible(False)
     if not rows:
         ax.text(0.5, 0.5, "no useful nodes", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title(title, fontsize=10, pad=18)
+    ax.set_title(title, fontsize=10, pad=28 if col_labels else 18)
+    if legend and rows:
+        keys = [Patch(facecolor=c, edgecolor="grey", label=k) for c, k in zip(colors, legend)]
+        ax.legend(handles=keys + [Patch(facecolor=EMPTY, label="not useful")], loc="upper center", fontsize=6,
+                  bbox_to_anchor=(0.5, 0), ncol=min(len(keys) + 1, 6), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -203,20 +208,27 @@ def step_maps(run):
     cfg, names, nodes = run.cfg, position_names(run.n, run.task), run.nodes
     rows = [Node(0, layer, h).component for layer in range(cfg.n_layers) for h in [*range(cfg.n_heads), None]]
     cols = [names[p] for p in sorted({nd.position for nd in nodes})]
+    read = data.logit_slice(run.n)  # positions whose logits are answer tokens: label them with what they predict
+    labels = {names[p]: f"{names[p]}\n\u2192{names[p + 1]}" for p in range(read.start, read.stop)}
+    classes = {m: [c for c in data.COMPLEXITY if MAJOR[c[0]] == m] for m in MAJOR.values()}
     gy = GREEN_YELLOW
-    maps = [("fail", "failure %: questions broken by ablating the node", paled("winter", 10)),
-            ("attention", "attention: positions a head attends (green: focused)", paled(gy, 10))]
+    maps = [("fail", "failure %: questions broken by ablating the node", paled("winter", 10),
+             [f"{10 * i}-{10 * i + 9}%" for i in range(9)] + ["90-100%"]),
+            ("attention", "attention: positions a head attends (green: focused)", paled(gy, 10),
+             [f"shown keys {100 - 10 * i}%" for i in range(10)])]
     ops = evaluate.ops_of(run.task)
     if "add" in ops:
-        maps.append(("Add", "minimum addition complexity broken", paled(gy, 6)))
+        maps.append(("Add", "minimum addition complexity broken", paled(gy, 6), classes["Add"]))
     if "sub" in ops:
-        maps += [("Sub", "minimum subtraction complexity broken", paled(gy, 5)),
-                 ("Neg", "minimum negative-answer complexity broken", paled(gy, 4))]
-    maps.append(("impact", "answer digits impacted", paled(gy, run.n + 2)))
+        maps += [("Sub", "minimum subtraction complexity broken", paled(gy, 5), classes["Sub"]),
+                 ("Neg", "minimum negative-answer complexity broken", paled(gy, 4), classes["Neg"])]
+    maps.append(("impact", "answer digits impacted (colour: the lowest)", paled(gy, run.n + 2),
+                 [f"A{i}" for i in range(run.n + 1)] + [f"sign (A{run.n + 1})"]))
     md, found = ["## Quanta maps", _maps_text(run, nodes, names)], {}
-    for kind, title, colors in maps:
+    for kind, title, colors, legend in maps:
         cells = map_cells(nodes, names, kind, run.n)
-        fig = quanta_map(cells, rows, cols, colors, f"{run.task}: {title} ({run.name})")
+        fig = quanta_map(cells, rows, cols, colors, f"{run.task}: {title} ({run.name})", legend=legend,
+                         col_labels=labels)
         md.append(save(fig, run.out, f"map_{kind.lower()}.png"))
         found[kind] = [dict(node=nd.name, row=nd.component, column=names[nd.position], text=cells[key][0],
                             colour=cells[key][1]) for nd in nodes if (key := (nd.component, names[nd.position])) in cells]
@@ -226,7 +238,9 @@ def step_maps(run):
 def _maps_text(run, nodes, names):
     """Per position, which answer digits its nodes impact; per operation, the simplest class each node serves."""
     text = ("Rows are nodes (`L0H0` .. `L0MLP`, `L1H0` ..), columns the useful positions, named after the "
-            "token there; grey cells are nodes whose ablation breaks nothing. ")
+            "token there and, for a position whose logits are read, the answer token it predicts (`A5 \u2192A4`: "
+            "the node at the A5 token computes A4); grey cells are nodes whose ablation breaks nothing; each map's "
+            "key gives its colours. ")
     impacts = {}
     for nd, tags in nodes.items():
         impacts.setdefault(nd.position, set()).update(impact_digits(tag_values(tags, "Impact")[0], run.n))
