@@ -61,8 +61,9 @@ for _p in PRESETS.values():
 # 0.95 and a 10% warm-up cut the worst rise to 5-13x; and stopping at the first clean check mid-schedule left
 # 1-23 errors in 10^6 on 5 of 7 runs, where the 2,000-step schedule trained to its end (cosine to 0) left none
 # (seeds 2 and 3; `bench.py --seeds 5`: 5 of 5 verified). 10% short operands keep 00055+00045 right.
-# The sub and mix steps are scaled from the addition one and less tested: a 6-digit mixed model (6,000 steps) kept 13 errors and a
-# 6-digit subtractor (4,000 steps, seed 1) 42 sparse ones, where 6-digit adders (2,500 steps) verified.
+# The sub and mix steps are scaled from the addition one and less tested: a 6-digit mixed model (6,000
+# steps) kept 13 errors and a 6-digit subtractor (4,000 steps, seed 1) 42 sparse ones, where 6-digit
+# adders (2,500 steps, seeds 1-3) verified.
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
 FAST_STEPS = {"add": 2000, "sub": 3200, "mix": 4800}  # at 5 digits; x1.25 per digit above 5
