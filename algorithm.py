@@ -67,7 +67,7 @@ def pca_scores(model, task, heads, per_class=100, seed=0, progress=True):
     for op, t in tqdm(jobs, desc="pca", disable=not progress, mininterval=0.5):
         tokens, labels = tricase_questions(op, n, t, per_class, gen)
         with torch.inference_mode():
-            _, cache = model.run_with_cache(tokens, names=lambda s: s.endswith("hook_result"))
+            _, cache = model.run_with_cache(tokens, names_filter=lambda s: s.endswith("hook_result"))
         for node in heads:
             X = cache[f"blocks.{node.layer}.attn.hook_result"][:, node.position, node.head]  # (N, C)
             label, acc3, acc2, proj, evr = tricase_label(X, labels, seed)
@@ -200,7 +200,7 @@ def neuron_ablation(model, task, mlp: Node, count=300, chunk=16, seed=0):
     n = model.cfg.n_digits
     tokens = sample_questions(task, n, count, torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        _, cache = model.run_with_cache(tokens, names=[mlp.hook_name])
+        _, cache = model.run_with_cache(tokens, names_filter=[mlp.hook_name])
     acts = cache[mlp.hook_name][:, mlp.position]                          # (B, M)
     mean = acts.mean(0)                                                   # (M,)
     intact = failures(model, tokens, n)

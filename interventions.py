@@ -66,7 +66,7 @@ def _put(x, hook, patches, B):
 def store_cache(model, store):
     """The activations interventions copy: {hook name: (B, P, ...)} for every hook_z and hook_post."""
     with torch.inference_mode():
-        return model.run_with_cache(store, names=lambda name: name.endswith(("attn.hook_z", "mlp.hook_post")))[1]
+        return model.run_with_cache(store, names_filter=lambda name: name.endswith(("attn.hook_z", "mlp.hook_post")))[1]
 
 
 @torch.inference_mode()

@@ -342,12 +342,9 @@ class Transformer(nn.Module):
         with self.hooks(fwd_hooks):
             return self(tokens, read)
 
-    def run_with_cache(self, tokens, names_filter=None, fwd_hooks=(), read=slice(None), names=None):
+    def run_with_cache(self, tokens, names_filter=None, fwd_hooks=(), read=slice(None)):
         """Returns (logits, cache): an `ActivationCache` of the detached activations that `names_filter`
-        selects (see `names_matching`; `names` is the same argument under its older name)."""
-        if names is not None and names_filter is not None:
-            raise TypeError("give names_filter or names, not both")
-        names_filter = names if names is not None else names_filter
+        selects (see `names_matching`)."""
         cache = {}
 
         def save(x, hook):

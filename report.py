@@ -185,7 +185,7 @@ def step_attention(run):
                                           f"{len(run.tokens):,} questions"), run.out, "attention_mean.png")]
     for i, q in enumerate(examples(run)):
         with torch.inference_mode():
-            _, cache = run.model.run_with_cache(q[None].to(run.device), names=lambda nm: nm.endswith("hook_pattern"))
+            _, cache = run.model.run_with_cache(q[None].to(run.device), names_filter=lambda nm: nm.endswith("hook_pattern"))
         pattern = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(cfg.n_layers)])
         text = data.decode(q)
         labels = [ch if nm == ch else f"{nm} {ch}" for nm, ch in zip(names, text)]  # 'D4 3', '+', 'A5 1'

@@ -108,7 +108,7 @@ def test_hooks_removed_after_exception():
         pass
     assert all(not hp.fns for hp in model.hook_dict.values())
     try:
-        model.run_with_cache(torch.zeros(2, 13, dtype=torch.long), names=["no.such.hook"])
+        model.run_with_cache(torch.zeros(2, 13, dtype=torch.long), names_filter=["no.such.hook"])
         assert False, "an unknown hook name must raise"
     except KeyError:
         pass
@@ -1191,7 +1191,7 @@ def test_names_filter_and_cache_shorthands():
     for f in ("blocks.0.attn.hook_z", ["blocks.0.attn.hook_z"], lambda n: n == "blocks.0.attn.hook_z"):
         logits, cache = model.run_with_cache(tokens, names_filter=f)
         assert list(cache) == ["blocks.0.attn.hook_z"] and torch.equal(cache["z", 0], full["blocks.0.attn.hook_z"])
-    assert list(model.run_with_cache(tokens, names="blocks.1.hook_resid_post")[1]) == ["blocks.1.hook_resid_post"]
+    assert list(model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")[1]) == ["blocks.1.hook_resid_post"]
     # TransformerLens' utils.get_act_name forms, each against the full name
     for key, name in [(("pattern", 0), "blocks.0.attn.hook_pattern"), (("z", 1), "blocks.1.attn.hook_z"),
                       (("resid_post", 1), "blocks.1.hook_resid_post"), (("post", 0), "blocks.0.mlp.hook_post"),

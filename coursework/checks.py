@@ -254,7 +254,7 @@ def check_7(fn):
     model = model_at(TINY)
     toks, labels = algorithm.tricase_questions("add", 3, 1, 100, g)  # column 1: sums 0-8 / 9 / 10-18
     with torch.no_grad():
-        _, cache = model.run_with_cache(toks, names=lambda s: s.endswith("hook_result"))
+        _, cache = model.run_with_cache(toks, names_filter=lambda s: s.endswith("hook_result"))
     heads = {f"P9.L{l}.H{h}": cache[f"blocks.{l}.attn.hook_result"][:, 9, h] for l in range(2) for h in range(3)}
     for what, A in [("off-centre random data", X)] + list(heads.items()):
         proj, comps, evr = fn(A, 3)
