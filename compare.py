@@ -161,7 +161,9 @@ def markdown(settings, rows, summary, usage=None) -> str:
              f"{t['steps']:,} steps{', stopped at the first zero-error check' if t['until_verified'] else ''}. "
              f"Checked every {t['check_every']} steps on {t['check_questions']:,} fresh uniform and as many enriched "
              f"questions per operation, the named and sparse sets; at the end on {n:,} fresh uniform (add errors, "
-             f"sub errors) and {n // 10:,} enriched questions per operation, every named set and every sparse one.",
+             f"sub errors) and {n // 10:,} enriched questions per operation, every named set and every sparse one "
+             f"(a run with no zero-error check cannot be verified: it is checked on {n // 10:,} uniform and "
+             f"{n // 100:,} enriched questions per operation, marked *).",
              "",
              "| arm | seed | steps to 0 errors | minutes | add errors | sub errors | enriched errors "
              "| named + sparse errors | final loss |", "|---|---|---|---|---|---|---|---|---|"]
@@ -169,7 +171,8 @@ def markdown(settings, rows, summary, usage=None) -> str:
         add, sub, enriched, named = split_errors(r)
         v, s = r["verified_step"], r["verified_seconds"]
         steps, minutes = (never, "-") if v is None else (f"{v:,}", f"{s / 60:.1f}")
-        lines.append(f"| {r['arm']} | {r['seed']} | {steps} | {minutes} | {add:,} | {sub:,} | {enriched:,} "
+        star = "*" if r["questions"].get("add uniform", n) < n else ""
+        lines.append(f"| {r['arm']} | {r['seed']} | {steps} | {minutes} | {add:,}{star} | {sub:,}{star} | {enriched:,}{star} "
                      f"| {named:,} | {r['final_loss']:.3g} |")
     lines += ["", "| arm | seeds with a zero-error check | seeds with 0 errors at the end | median steps to 0 errors "
               "| median minutes |", "|---|---|---|---|---|"]

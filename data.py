@@ -140,17 +140,21 @@ def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negat
 
 
 def shorten(x, y, gen: torch.Generator, p_short=0.1):
-    """Make short operands common (not in the papers). x, y: (B, n) digits, most significant
-    first, edited in place. Each question, with probability p_short, has the top k digits of both
-    operands set to 0 (k uniform in 1..n-1), so that carries and borrows into 0-and-0 columns with only
-    zeros above (00055+00045=+000100, 00005+00005=+000010) are common. In uniform questions they are
-    rare enough that fast models answered a million of them right and still got those wrong."""
+    """Make short and sparse operands common (not in the papers). x, y: (B, n) digits, most significant
+    first, edited in place. Each question, with probability p_short, has columns of both operands set
+    to 0: half of them the top k columns (k uniform in 1..n-1: short operands, so that carries and
+    borrows into 0-and-0 columns with only zeros above, 00055+00045=+000100, are common), the other half
+    a random set of columns, each cleared with a probability drawn uniformly per question (sparse
+    operands: 00500+00500, 100080-000090, a carry out of a lone column). In uniform questions both are
+    rare enough that fast models answered a million of them right and still got these wrong."""
     B, n = x.shape
     if n < 2 or p_short <= 0:
         return x, y
-    k = torch.randint(1, n, (B, 1), generator=gen)                           # (B, 1) digits to clear
-    top = (torch.arange(n) < k) & (torch.rand(B, 1, generator=gen) < p_short)  # (B, n)
-    x[top], y[top] = 0, 0
+    r = torch.rand(B, 1, generator=gen)                                       # (B, 1) which kind, if any
+    top = torch.arange(n) < torch.randint(1, n, (B, 1), generator=gen)        # (B, n) short: top k columns
+    scattered = torch.rand(B, n, generator=gen) < torch.rand(B, 1, generator=gen)  # (B, n) sparse
+    clear = torch.where(r < p_short / 2, top, scattered) & (r < p_short)      # (B, n)
+    x[clear], y[clear] = 0, 0
     return x, y
 
 

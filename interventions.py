@@ -384,6 +384,23 @@ def _names(sets, kinds=None):
     return " or ".join(" + ".join(s) + (f" ({kinds[tuple(s)]})" if kinds else "") for s in sets) or "-"
 
 
+def _threshold_sentence(result, top) -> str:
+    """Why the threshold is where it is, from the highest share of pairs `top` (0..1) any control reached;
+    when a control reached the threshold itself, says so and what it means instead."""
+    tau, ctl = 100 * result["threshold"], result["controls"]
+    if 100 * top < tau:
+        return (f"The threshold of {tau:.0f}% lies {tau - 100 * top:.0f} points above the highest share of pairs any "
+                f"control test reached ({100 * top:.0f}%): on {result['pairs_per_claim']} pairs, a node whose true "
+                f"rate were that high would reach the threshold by chance with a binomial probability of "
+                f"{_tail(top, result['pairs_per_claim'], tau):.0e}.")
+    passed = ctl["unused"]["passed"] + ctl["decoy"]["passed"]
+    tests = ctl["unused"]["tests"] + ctl["decoy"]["tests"]
+    return (f"**A control reached the threshold** ({100 * top:.0f}% of its pairs): {passed} of {tests} control tests "
+            f"passed. An unused node that passes carries the sub-task although ablating it alone breaks nothing "
+            f"(another node carries it too); a decoy that passes means the claim's test cannot tell the sub-task "
+            f"from the others. Either way the claims of this model are only as sure as that rate.")
+
+
 def discovery_markdown(result, cfg, figure=None) -> str:
     """The discovery as markdown: definitions, shares, controls, the drawn algorithm (the PNG `figure`, if
     given), a table per answer digit, the nodes left without a purpose. `cfg` is the model's Config."""
@@ -412,10 +429,7 @@ def discovery_markdown(result, cfg, figure=None) -> str:
               f"{100 * ctl['unused']['max_share']:.0f}% |",
               f"| decoy stores | {ctl['decoy']['tests']} | {ctl['decoy']['passed']} | {ctl['decoy']['rate']:.1f}% | "
               f"{100 * ctl['decoy']['max_share']:.0f}% |", "",
-              f"The threshold of {tau:.0f}% lies {tau - 100 * top:.0f} points above the highest share of pairs any "
-              f"control test reached ({100 * top:.0f}%): on 100 pairs, a node whose true rate were that high would "
-              f"reach the threshold by chance with a binomial probability of "
-              f"{_tail(top, result['pairs_per_claim'], tau):.0e}.", ""]
+              _threshold_sentence(result, top), ""]
     kinds = _kinds(result)
     by = {}
     for t in result["tests"]:

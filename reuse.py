@@ -237,7 +237,7 @@ def grow(src, cfg, mode="init", seed=1, late=False, faithful=False, preserve=Fal
     return model, offset, (frz.after_backward, frz.after_step)
 
 
-def run(src, cfg, tc, how, heads, device, args, out, source, usage=0, overwrite=False):
+def run(src, cfg, tc, how, heads, device, args, out, source, usage=0, overwrite=False, unclean=None):
     """Train one model of `cfg` on tc's data and write it to `out` (checkpoint, .json, _loss.png; a
     checkpoint of the same name is kept, the new one numbered, unless `overwrite`). how: None trains from
     scratch (initialised from tc.seed, so its new parts start as the grown model's do); else a dict (mode,
@@ -245,8 +245,9 @@ def run(src, cfg, tc, how, heads, device, args, out, source, usage=0, overwrite=
     right after insertion (a training check's questions) and after training (errors per set, and which
     source tensors changed); with usage > 0, which inserted nodes each operation still needs. After
     training: args.verify fresh uniform questions per operation, a tenth as many enriched ones, every named
-    and every sparse set. Returns (model, name, history, results, info); results is None when Ctrl-C
-    stopped training (then nothing is verified)."""
+    and every sparse set; `unclean` (if given) replaces args.verify for a run that had checks but no
+    zero-error one (it cannot be verified; its error rate needs fewer questions). Returns (model, name,
+    history, results, info); results is None when Ctrl-C stopped training (then nothing is verified)."""
     progress = not args.no_progress
     if how is None:
         model, offset, hooks = Transformer(cfg, torch.Generator().manual_seed(tc.seed)).to(device), None, (None, None)
@@ -272,9 +273,9 @@ def run(src, cfg, tc, how, heads, device, args, out, source, usage=0, overwrite=
         path = write_outputs(out, name, model, tc, history, **info)
         print(f"interrupted: saved {path}; check it with python train.py --verify {args.verify} --checkpoint {path}")
         return model, name, history, None, info
+    n = args.verify if unclean is None or history["verified_step"] is not None or not history["checks"] else unclean
     try:
-        results = evaluate.verify(model, "mix", cfg.n_digits, args.verify, tc.seed, progress=progress,
-                                  n_enriched=args.verify // 10)
+        results = evaluate.verify(model, "mix", cfg.n_digits, n, tc.seed, progress=progress, n_enriched=n // 10)
         print(evaluate.report(results))
         if how is not None:
             after = {k: v for k, v in evaluate.errors(results).items() if k.lower().startswith("add")}
@@ -304,7 +305,7 @@ def run_compare(src, cfg, tc, args, heads, device, plan):
         how = None if ARMS[arm] is None else dict(dict(preserve=False, freeze_embed=False), **ARMS[arm],
                                                    late=args.late, faithful=args.faithful)
         _, name, history, results, info = run(src, cfg, replace(tc, seed=seed), how, heads, device, args, folder,
-                                              settings["source"], overwrite=True)
+                                              settings["source"], overwrite=True, unclean=args.verify // 10)
         return name, history, results, info.get("adder")
     rows = compare.run_all(folder, settings, arms, tc.seed, done, one, list(ARMS))
     usage, best = None, compare.best_grown(rows)
