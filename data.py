@@ -139,30 +139,33 @@ def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negat
     return x, y
 
 
-def shorten(x, y, gen: torch.Generator, p_short=0.1):
+def shorten(x, y, gen: torch.Generator, p_short=0.1, p_sparse=0.0):
     """Make short and sparse operands common (not in the papers). x, y: (B, n) digits, most significant
-    first, edited in place. Each question, with probability p_short, has columns of both operands set
-    to 0: half of them the top k columns (k uniform in 1..n-1: short operands, so that carries and
-    borrows into 0-and-0 columns with only zeros above, 00055+00045=+000100, are common), the other half
-    a random set of columns, each cleared with a probability drawn uniformly per question (sparse
-    operands: 00500+00500, 100080-000090, a carry out of a lone column). In uniform questions both are
-    rare enough that fast models answered a million of them right and still got these wrong."""
+    first, edited in place. With probability p_short a question has the top k columns of both operands
+    set to 0 (k uniform in 1..n-1: short operands, so that carries and borrows into 0-and-0 columns with
+    only zeros above, 00055+00045=+000100, are common); with probability p_sparse instead, a random set
+    of columns, each cleared with a probability drawn uniformly per question (sparse operands:
+    00500+00500, 100080-000090, a carry out of a lone column). In uniform questions both are rare enough
+    that fast models answered a million of them right and still got these wrong."""
     B, n = x.shape
-    if n < 2 or p_short <= 0:
+    if n < 2 or p_short + p_sparse <= 0:
         return x, y
+    k = torch.randint(1, n, (B, 1), generator=gen)                            # (B, 1) digits to clear
     r = torch.rand(B, 1, generator=gen)                                       # (B, 1) which kind, if any
-    top = torch.arange(n) < torch.randint(1, n, (B, 1), generator=gen)        # (B, n) short: top k columns
-    scattered = torch.rand(B, n, generator=gen) < torch.rand(B, 1, generator=gen)  # (B, n) sparse
-    clear = torch.where(r < p_short / 2, top, scattered) & (r < p_short)      # (B, n)
+    clear = (torch.arange(n) < k) & (r < p_short)                             # (B, n) short: top k columns
+    if p_sparse > 0:
+        scattered = torch.rand(B, n, generator=gen) < torch.rand(B, 1, generator=gen)  # (B, n)
+        clear |= scattered & (r >= p_short) & (r < p_short + p_sparse)
     x[clear], y[clear] = 0, 0
     return x, y
 
 
 def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator, perc_sub: float = 50,
-                 enrichment: bool = True, device="cpu", p_short: float = 0.0) -> torch.Tensor:
+                 enrichment: bool = True, device="cpu", p_short: float = 0.0, p_sparse: float = 0.0) -> torch.Tensor:
     """A batch of fresh questions (B, 3n+4), drawn on the CPU from `gen` (so the same seed gives the same
     batches on any device). For 'mix', one operator for the whole batch: sub with probability perc_sub %.
-    `enrichment` is the papers' (`enrich`); `p_short` > 0 adds `shorten` after it (the fast default)."""
+    `enrichment` is the papers' (`enrich`); `p_short` or `p_sparse` > 0 adds `shorten` after it (the fast
+    default has short operands)."""
     if task == "mix":
         task = "sub" if torch.rand((), generator=gen).item() * 100 < perc_sub else "add"
     if task not in OPS:
@@ -171,8 +174,8 @@ def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator
     y = torch.randint(0, 10, (batch_size, n_digits), generator=gen)
     if enrichment:
         enrich(x, y, task, gen)
-    if p_short > 0:
-        shorten(x, y, gen, p_short)
+    if p_short + p_sparse > 0:
+        shorten(x, y, gen, p_short, p_sparse)
     return make_questions(value_of(x), value_of(y), task, n_digits).to(device)
 
 # ----------------------------------------------------------------------------- complexity

@@ -30,8 +30,9 @@ source's tensors changed.
 H - H_source + h; mode 3: all heads' Q/K/V and all MLPs), without resetting Adam's moments.
 After training, reuse_nodes.py mean-ablates every inserted node to say which operation (add, sub with a
 positive or a negative answer) still needs it. Defaults: one more layer and one more head than the source,
-80% subtraction batches (the paper), 3x the source's steps, and the source's lr, batch size, weight decay
-and short-operand share (data.shorten; 0 with a paper preset). Left out on purpose: the successor
+80% subtraction batches (the paper), 3x the source's steps, and the source's lr, batch size, weight decay,
+warm-up, gradient clipping, AdamW betas and short- and sparse-operand shares (data.shorten; 0 with a
+paper preset). Left out on purpose: the successor
 library's modes 4 and 5, and inserting two models into one.
 """
 import hashlib
@@ -384,6 +385,8 @@ def resolve(args, p, src_cfg, info):
                            weight_decay=pick(args.weight_decay, "weight_decay", src_train.get("weight_decay", 0.1)),
                            perc_sub=pick(args.perc_sub, "perc_sub", 80), seed=pick(args.seed, "seed", 1),
                            p_short=0.0 if args.preset else src_train.get("p_short", 0.0),  # presets: the paper's data
+                           p_sparse=0.0 if args.preset else src_train.get("p_sparse", 0.0),
+                           **({} if args.preset else {k: src_train[k] for k in ("warmup", "clip", "betas") if k in src_train}),
                            check_every=args.check_every, check_questions=args.check_questions,
                            until_verified=args.until_verified)
     if not 0 <= tc.perc_sub <= 100 or tc.lr <= 0 or tc.weight_decay < 0:

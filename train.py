@@ -82,6 +82,7 @@ class TrainConfig:
     seed: int = 1
     enrichment: bool = True
     p_short: float = 0.0       # share of questions with short operands (data.shorten); the papers: 0
+    p_sparse: float = 0.0      # share of questions with sparse operands (data.shorten); the papers: 0
     clip: float = 0.0          # clip the gradient's global L2 norm to this (0 = off; the papers: off)
     betas: tuple = (0.9, 0.98)  # AdamW's (beta1, beta2), as the papers
     check_every: int = 0       # steps between checks on fresh and named questions (0 = no checks)
@@ -188,7 +189,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
                 interrupted = bool(stop)
                 break
             tokens = data.random_batch(tc.task, tc.n_digits, tc.batch_size, gen, tc.perc_sub,
-                                       tc.enrichment, device, tc.p_short)
+                                       tc.enrichment, device, tc.p_short, tc.p_sparse)
             logits = model(tokens, read)  # (B, n+2, V): the loss reads only the answer positions
             per_pos = answer_nll(logits, tokens, tc.n_digits).mean(0)  # (n+2,)
             loss = per_pos.mean()
@@ -229,7 +230,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
 
 
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
-               "weight_decay", "perc_sub", "seed", "p_short", "warmup", "clip", "betas", "check_every",
+               "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "clip", "betas", "check_every",
                "check_questions", "until_verified", "preset")
 
 
@@ -258,6 +259,8 @@ def build_parser():
     p.add_argument("--perc-sub", type=float, help="mix: %% of batches that are subtraction (default 50)")
     p.add_argument("--short-operands", dest="p_short", type=float,
                    help="share of questions whose top digits are zeroed, 0 to 1 (default 0.1; paper 0)")
+    p.add_argument("--sparse-operands", dest="p_sparse", type=float,
+                   help="share of questions with a random set of columns zeroed, 0 to 1 (default 0; paper 0)")
     p.add_argument("--seed", type=int, help="seed for initialisation and data (default 1)")
     p.add_argument("--check-every", type=positive(int), help="check the model every K steps on fresh uniform and "
                    "enriched questions and every named set (default 250; presets: 250 with --until-verified, else never)")
@@ -302,8 +305,11 @@ def resolve(args, p):
         p.error(f"--digits must be from 1 to {data.MAX_DIGITS}, not {b['digits']}")
     if not 0 <= b["perc_sub"] <= 100:
         p.error(f"--perc-sub must be from 0 to 100, not {b['perc_sub']}")
-    if not 0 <= b.get("p_short", 0) <= 1:
-        p.error(f"--short-operands must be from 0 to 1, not {b['p_short']}")
+    for key, flag in (("p_short", "--short-operands"), ("p_sparse", "--sparse-operands")):
+        if not 0 <= b.get(key, 0) <= 1:
+            p.error(f"{flag} must be from 0 to 1, not {b[key]}")
+    if b.get("p_short", 0) + b.get("p_sparse", 0) > 1:
+        p.error("--short-operands and --sparse-operands must add up to at most 1")
     if b["weight_decay"] < 0:
         p.error("--weight-decay must not be negative")
     d_mlp = b.get("d_mlp") or 4 * b["d_model"]
@@ -314,7 +320,7 @@ def resolve(args, p):
     check_every = b.get("check_every") or (250 if b.get("until_verified") else 0)
     tc = TrainConfig(task=b["task"], n_digits=b["digits"], steps=b["steps"], batch_size=b["batch_size"],
                      lr=b["lr"], weight_decay=b["weight_decay"], perc_sub=perc, seed=b["seed"],
-                     p_short=b.get("p_short", 0.0), warmup=b.get("warmup", defaults.warmup),
+                     p_short=b.get("p_short", 0.0), p_sparse=b.get("p_sparse", 0.0), warmup=b.get("warmup", defaults.warmup),
                      clip=b.get("clip", defaults.clip), betas=tuple(b.get("betas", defaults.betas)),
                      check_every=check_every, until_verified=bool(b.get("until_verified")),
                      check_questions=b.get("check_questions", defaults.check_questions))
