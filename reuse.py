@@ -47,7 +47,7 @@ import data
 import evaluate
 import train
 from analyse import Node, read_nodes
-from artefacts import free_name, run_name, write_outputs
+from artefacts import describe, free_name, run_name, write_outputs
 from model import CheckpointError, Config, Transformer, load_model, pick_device
 from reuse_nodes import inserted_node_usage, usage_table, useful_source_heads
 
@@ -434,9 +434,11 @@ def main(argv=None):
             print("useful source heads kept as inserted:", " ".join(Node(0, *n).component for n in sorted(heads)) or "none")
     except ValueError as e:
         p.error(str(e))
-    print({**asdict(cfg), **asdict(tc), "mode": "compare " + args.arms if args.compare else mode, "source": source,
-           "late": args.late, "faithful": args.faithful, "preserve": args.preserve, "freeze_embed": args.freeze_embed,
-           "device": str(device)})
+    n_params = sum(p.numel() for p in Transformer(cfg).parameters())
+    flags = [k for k in ("late", "faithful", "preserve", "freeze_embed") if getattr(args, k)]
+    print(describe(cfg, tc, device, n_params, torch.get_num_threads()))
+    print(f"grow:     {'compare ' + args.arms if args.compare else mode} from {source['file']} "
+          f"(sha256 {source['sha256']})" + (f"; {', '.join(flags)}" if flags else ""), flush=True)
     try:
         if plan:
             print(f"wrote {run_compare(src, cfg, tc, args, heads, device, plan)} (+ .json, .png)")
