@@ -130,6 +130,11 @@ def best_grown(rows):
     return min(grown, key=key) if grown else None
 
 
+def per_100k(row, op):
+    """Errors per 100,000 fresh uniform questions of `op` (add or sub) at the end of a run."""
+    return 1e5 * row["errors"].get(f"{op} uniform", 0) / max(1, row["questions"].get(f"{op} uniform", 0))
+
+
 def median_or_never(values):
     """The median of `values` in which None means "never" (counted as infinite); None when it is never."""
     m = statistics.median([float("inf") if v is None else v for v in values])
@@ -147,7 +152,8 @@ def summarise(rows) -> dict:
                         clean_at_end=sum(sum(split_errors(r)) == 0 for r in rs),
                         median_steps=median_or_never([r["verified_step"] for r in rs]),
                         median_minutes=median_or_never([r["verified_seconds"] and r["verified_seconds"] / 60
-                                                        for r in rs]))
+                                                        for r in rs]),
+                        **{f"median_{op}_per_100k": statistics.median(per_100k(r, op) for r in rs) for op in ("add", "sub")})
     return out
 
 
@@ -175,12 +181,12 @@ def markdown(settings, rows, summary, usage=None) -> str:
         lines.append(f"| {r['arm']} | {r['seed']} | {steps} | {minutes} | {add:,}{star} | {sub:,}{star} | {enriched:,}{star} "
                      f"| {named:,} | {r['final_loss']:.3g} |")
     lines += ["", "| arm | seeds with a zero-error check | seeds with 0 errors at the end | median steps to 0 errors "
-              "| median minutes |", "|---|---|---|---|---|"]
+              "| median minutes | median add / sub errors per 100,000 at the end |", "|---|---|---|---|---|---|"]
     for arm, s in summary.items():
         steps = never if s["median_steps"] is None else f"{s['median_steps']:,.0f}"
         minutes = "-" if s["median_minutes"] is None else f"{s['median_minutes']:.1f}"
         lines.append(f"| {arm} | {s['verified']} of {s['seeds']} | {s['clean_at_end']} of {s['seeds']} | {steps} "
-                     f"| {minutes} |")
+                     f"| {minutes} | {s['median_add_per_100k']:,.1f} / {s['median_sub_per_100k']:,.1f} |")
     if usage:
         lines += ["", f"Inserted nodes that `{usage['run']}` (the best grown run) still uses, by mean ablation "
                   "(share of correctly answered questions that one node's ablation breaks):", "", "```",

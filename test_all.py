@@ -761,6 +761,9 @@ def test_reuse_compare_resumes_and_reports():
             assert "| init | 0 of 2 | 0 of 2 | not within the budget |" in md and "`ins1_mix_d1_l3_h4" in md
             report = json.load(open(os.path.join(folder, "compare.json")))
             assert len(report["runs"]) == 4 and report["arms"]["scratch"]["seeds"] == 2
+            rates = sorted(1e5 * r["errors"]["sub uniform"] / r["questions"]["sub uniform"]
+                           for r in report["runs"] if r["arm"] == "scratch")
+            assert report["arms"]["scratch"]["median_sub_per_100k"] == sum(rates) / 2  # the median of two
             assert all(len(r["checks"]) == 2 for r in report["runs"])  # steps 4 and 8
             # no run had a zero-error check: each is checked at the end on a tenth of --verify, marked *
             assert all(r["questions"]["add uniform"] == 10 and r["questions"]["sub uniform"] == 10 for r in report["runs"])
