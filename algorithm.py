@@ -11,6 +11,7 @@ components. Left out on purpose: k-means and silhouette scores (a cross-validate
 components says directly whether the classes separate), sparse autoencoders.
 """
 import functools
+import math
 import os
 
 import torch
@@ -115,7 +116,7 @@ def step_algorithm(run):
     tags = iv.algo_tags(result)
     nodes = {nd: [t for t in old if not t.startswith("Algo")] + tags.get(nd, []) for nd, old in run.nodes.items()}
     draw_algorithm(result, run.cfg, os.path.join(run.out, "algorithm.png"))
-    return iv.discovery_markdown(result, run.cfg, figure="algorithm.png"), nodes, result
+    return discovery_markdown(result, run.cfg, figure="algorithm.png"), nodes, result
 
 
 SUBTASK_WORDS = {  # one phrase per sub-task, for the plain-words summary ("Understanding Addition", section 3)
@@ -265,3 +266,115 @@ def step_neurons(run, per_mlp=4):
                                      [f"{mlp.name} n{k}: {labels[serve[k]]}, {found[k][0]} fails" for k in harm])
             figures.append(plots.save(fig, run.out, f"neurons_{mlp.name.replace('.', '')}.png", dpi=100))
     return "\n".join(lines + [""] + figures) + "\n", numbers
+
+# ----------------------------------------------------------------------------- the discovery as markdown
+
+
+DEFINITIONS = (
+    "**How to read this.** An *interchange intervention* runs a *store* question, copies one node's activation "
+    "(a head's output z, or an MLP's hidden activation, at its position) into the run of an *alter* question, and "
+    "reads the answer. Each *store/alter pair* differs only in the digits one sub-task reads; every other digit is "
+    "random. Sub-tasks of answer digit A_k (k = 0 is the units digit): **SA** base add (D_k + D'_k) % 10; **SC** the "
+    "carry column k-1 makes (D + D' >= 10); **SS** column k-1 sums to 9, so a carry from below passes through it; "
+    "**ST** the carry that reaches A_k from the columns below through a sum-9 column k-1 (the TriAdd cascade of "
+    "TriCase states: 8 no carry, 9 passes one on, 10 makes one); **ST(Dj)** the TriCase state of column j alone, "
+    "passed up through sum-9 columns. For subtraction with D >= D' the same are **MD** difference, **MB** borrow, "
+    "**MZ** equal digits, **MT** borrow cascade; for negative answers **ND, NB, NZ, NT** on D' - D; **SGN** is the "
+    "answer's sign (for a digit: whether it is computed as MD or as ND) and **OPR** the operator. A test is "
+    "*strong* when the patched answer equals the framework's "
+    "prediction exactly (the alter's answer with A_k recomputed from the store's sub-task) on at least {tau:.0f}% "
+    "of the pairs, *weak* when A_k becomes the predicted digit that often but other answer digits move too (for "
+    "ST(Dj) the prediction may also change every digit the cascade reaches; for OPR, A_k may follow "
+    "the other operator with the store's sign or with the alter's). A node's purpose is *specific* when "
+    "it carries some of its digit's sub-tasks (SA, SC, SS, ST or the M/N ones) and fails the others, a "
+    "*combiner* when it carries all of them. Alternatives are written with *or*: each node passes on its own.")
+
+
+def _tail(p, n, tau):
+    """P(X >= tau% of n) for X ~ Binomial(n, p): the chance a test with true pass rate p passes."""
+    need = math.ceil(tau * n / 100)
+    return sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(need, n + 1))
+
+
+def _names(sets, kinds=None):
+    """['P12.L0.H0 (specific)', ...] joined with ' or ': each entry is a separate passing set."""
+    return " or ".join(" + ".join(s) + (f" ({kinds[tuple(s)]})" if kinds else "") for s in sets) or "-"
+
+
+def _threshold_sentence(result, top) -> str:
+    """Why the threshold is where it is, from the highest share of pairs `top` (0..1) any control reached;
+    when a control reached the threshold itself, says so and what it means instead."""
+    tau, ctl = 100 * result["threshold"], result["controls"]
+    if 100 * top < tau:
+        return (f"The threshold of {tau:.0f}% lies {tau - 100 * top:.0f} points above the highest share of pairs any "
+                f"control test reached ({100 * top:.0f}%): on {result['pairs_per_claim']} pairs, a node whose true "
+                f"rate were that high would reach the threshold by chance with a binomial probability of "
+                f"{_tail(top, result['pairs_per_claim'], tau):.0e}.")
+    passed = ctl["unused"]["passed"] + ctl["decoy"]["passed"]
+    tests = ctl["unused"]["tests"] + ctl["decoy"]["tests"]
+    return (f"**A control reached the threshold** ({100 * top:.0f}% of its pairs): {passed} of {tests} control tests "
+            f"passed. An unused node that passes carries the sub-task although ablating it alone breaks nothing "
+            f"(another node carries it too); a decoy that passes means the claim's test cannot tell the sub-task "
+            f"from the others. Either way the claims of this model are only as sure as that rate.")
+
+
+def discovery_markdown(result, cfg, figure=None) -> str:
+    """The discovery as markdown: definitions, shares, controls, the drawn algorithm (the PNG `figure`, if
+    given), a table per answer digit, the nodes left without a purpose. `cfg` is the model's Config."""
+    tau, sh, ctl = 100 * result["threshold"], result["shares"], result["controls"]
+    top = max(ctl["unused"]["max_share"], ctl["decoy"]["max_share"])
+    lines = ["## The algorithm, verified by interventions", "",
+             f"Purpose found for **{sh['heads']['strong']} of {sh['heads']['useful']} useful heads "
+             f"({sh['heads']['strong_percent']:.0f}%)** and **{sh['MLPs']['strong']} of {sh['MLPs']['useful']} useful "
+             f"MLPs ({sh['MLPs']['strong_percent']:.0f}%)**, each by a strong test that its controls fail "
+             f"(the successor library's search reached {iv.SUCCESSOR['heads']}% of heads and {iv.SUCCESSOR['MLPs']}% of "
+             f"MLPs on its mixed model). {len(result['tests'])} tests on {sum(c['tested'] for c in result['claims'])} "
+             f"claims in {result['seconds']:.0f} s ({result['cpu_seconds']:.0f} s CPU).", "",
+             DEFINITIONS.format(tau=tau), ""] + ([f"![the verified algorithm]({figure})", ""] if figure else []) + [
+             "| useful nodes | count | strong purpose (alone or in a pair) | specific alone | combiner alone | "
+             "only in a pair | weak only | none |", "|---|---|---|---|---|---|---|---|"]
+    for kind, s in sh.items():
+        lines.append(f"| {kind} | {s['useful']} | {s['strong']} ({s['strong_percent']:.0f}%) | {s['specific']} | "
+                     f"{s['combiner']} | {s['pair']} | {s['weak']} | {s['none']} |")
+    lines += ["", f"**Controls** (a claim counts only if it passes at >= {tau:.0f}% of pairs and its controls fail): "
+              "*unused nodes* are nodes at the same positions whose ablation breaks nothing, put through the same "
+              "tests; *decoy stores* patch each passing node from a store that keeps the claimed sub-task's digits "
+              "and re-draws the rest, so it carries other sub-tasks but not the claimed one.", "",
+              "| control | tests | passed (false positives) | rate | highest share of pairs reached |",
+              "|---|---|---|---|---|",
+              f"| unused nodes | {ctl['unused']['tests']} | {ctl['unused']['passed']} | {ctl['unused']['rate']:.1f}% | "
+              f"{100 * ctl['unused']['max_share']:.0f}% |",
+              f"| decoy stores | {ctl['decoy']['tests']} | {ctl['decoy']['passed']} | {ctl['decoy']['rate']:.1f}% | "
+              f"{100 * ctl['decoy']['max_share']:.0f}% |", "",
+              _threshold_sentence(result, top), ""]
+    kinds = iv._kinds(result)
+    by = {}
+    for t in result["tests"]:
+        if t["kind"] in ("useful", "pair") and t["verdict"] in ("strong", "weak"):
+            by.setdefault((t["claim"], t["verdict"], len(t["nodes"]) > 1), []).append(t["nodes"])
+    for k in sorted({c["digit"] for c in result["claims"]}, reverse=True):
+        label = "the sign" if k == result["n_digits"] + 1 else f"A{k}"
+        lines += [f"### Answer digit {label} (predicted at position {iv.answer_position(k, result['n_digits'])})", "",
+                  "| sub-task | pairs | strong, one node | strong, two nodes together | weak |",
+                  "|---|---|---|---|---|"]
+        for c in [c for c in result["claims"] if c["digit"] == k]:
+            if not c["tested"]:
+                lines.append(f"| {c['claim'].split('.', 1)[1]} | {c['pairs']} | not tested (too few pairs) | | |")
+                continue
+            one = by.get((c["claim"], "strong", False), [])
+            lines.append(f"| {c['claim'].split('.', 1)[1]} | {c['pairs']} | "
+                         f"{_names(one, {tuple(s): kinds[(tuple(s), c['claim'])] for s in one})} | "
+                         f"{_names(by.get((c['claim'], 'strong', True), []))} | "
+                         f"{_names(by.get((c['claim'], 'weak', False), []) + by.get((c['claim'], 'weak', True), []))}"
+                         " |")
+        lines.append("")
+    lost = [(n, e) for n, e in result["nodes"].items() if e["category"] in ("weak", "none")]
+    if lost:
+        best = {}
+        for t in result["tests"]:
+            name = t["nodes"][0]
+            if t["kind"] == "useful" and (name not in best or t["strong"] / t["pairs"] > best[name][1]):
+                best[name] = (t["claim"], t["strong"] / t["pairs"])
+        lines.append("Useful nodes without a strong purpose (their best single test): " + "; ".join(
+            f"{n} ({best[n][0]}: {100 * best[n][1]:.0f}%)" if n in best else n for n, _ in lost) + ".")
+    return "\n".join(lines) + "\n"

@@ -24,16 +24,12 @@ The embeddings, unembedding and ln_final train (the subtraction tokens must be l
 --preserve zeroes what the new heads and layers write to the residual stream, so the grown model first
 answers every addition exactly as the source does. The grown model's addition is checked right after
 insertion (on a training check's questions) and after training; the .json records both, and which of the
-source's tensors changed.
---faithful copies only what the reference notebook copies (no W_O, b_O, ln2, ln_final.b, b_U) and
-"freezes" by re-copying every 100 steps after the optimizer step (mode 2: useful heads' Q/K/V into head
-H - H_source + h; mode 3: all heads' Q/K/V and all MLPs), without resetting Adam's moments.
-After training, reuse_nodes.py mean-ablates every inserted node to say which operation (add, sub with a
-positive or a negative answer) still needs it. Defaults: one more layer and one more head than the source,
-80% subtraction batches (the paper), 3x the source's steps, and the source's lr, batch size, weight decay,
-warm-up, gradient clipping, AdamW betas and short- and sparse-operand shares (data.shorten; 0 with a
-paper preset). Left out on purpose: the successor
-library's modes 4 and 5, and inserting two models into one.
+source's tensors changed. --faithful copies only what the reference notebook copies and "freezes" by
+re-copying every 100 steps (docs/reuse.md). After training, reuse_nodes.py mean-ablates every inserted node to
+say which operation (add, sub with a positive or a negative answer) still needs it. Defaults: one more layer
+and head than the source, 80% subtraction batches (the paper), 3x the source's steps, and the source's
+recipe (lr, batch, weight decay, warm-up, clipping, betas, short and sparse operands; the paper's with a
+preset). Left out on purpose: the successor library's modes 4 and 5, and inserting two models into one.
 """
 import hashlib
 import os
@@ -434,17 +430,15 @@ def main(argv=None):
             print("useful source heads kept as inserted:", " ".join(Node(0, *n).component for n in sorted(heads)) or "none")
     except ValueError as e:
         p.error(str(e))
-    n_params = sum(p.numel() for p in Transformer(cfg).parameters())
     flags = [k for k in ("late", "faithful", "preserve", "freeze_embed") if getattr(args, k)]
-    print(describe(cfg, tc, device, n_params, torch.get_num_threads()))
+    print(describe(cfg, tc, device, sum(p.numel() for p in Transformer(cfg).parameters()), torch.get_num_threads()))
     print(f"grow:     {'compare ' + args.arms if args.compare else mode} from {source['file']} "
           f"(sha256 {source['sha256']})" + (f"; {', '.join(flags)}" if flags else ""), flush=True)
     try:
         if plan:
             print(f"wrote {run_compare(src, cfg, tc, args, heads, device, plan)} (+ .json, .png)")
             return 0
-        how = dict(mode=mode, late=args.late, faithful=args.faithful, preserve=args.preserve,
-                   freeze_embed=args.freeze_embed)
+        how = dict(mode=mode, late=args.late, faithful=args.faithful, preserve=args.preserve, freeze_embed=args.freeze_embed)
         results = run(src, cfg, tc, how, heads, device, args, args.out, source, args.usage, args.overwrite)[3]
         return 0 if results else 130
     except KeyboardInterrupt:

@@ -1471,6 +1471,7 @@ def test_discovery_planted_wrong_claim_fails_and_a_true_one_passes():
 
 def test_discovery_controls_catch_a_node_that_cannot_matter():
     import json
+    import algorithm
     import interventions as iv
     from analyse import Node, read_nodes
     model = load_model(TINY_ADD3)[0].eval()
@@ -1488,9 +1489,9 @@ def test_discovery_controls_catch_a_node_that_cannot_matter():
     assert ctl["unused"]["tests"] > 0 and ctl["unused"]["rate"] <= 2 and ctl["decoy"]["rate"] <= 2
     assert result["shares"]["MLPs"]["strong"] > 0  # the test can pass too
     json.dumps(result)  # JSON-able
-    quiet = iv._threshold_sentence(result, 0.5)
+    quiet = algorithm._threshold_sentence(result, 0.5)
     assert "lies 40 points above" in quiet and "reached the threshold" not in quiet
-    loud = iv._threshold_sentence(result, 0.99)  # a control at 99%: said plainly, never "-9 points above"
+    loud = algorithm._threshold_sentence(result, 0.99)  # a control at 99%: said plainly, never "-9 points above"
     assert "A control reached the threshold" in loud and "points above" not in loud
 
 
