@@ -186,7 +186,7 @@ def markdown(settings, rows, summary, usage=None) -> str:
         steps = never if s["median_steps"] is None else f"{s['median_steps']:,.0f}"
         minutes = "-" if s["median_minutes"] is None else f"{s['median_minutes']:.1f}"
         lines.append(f"| {arm} | {s['verified']} of {s['seeds']} | {s['clean_at_end']} of {s['seeds']} | {steps} "
-                     f"| {minutes} | {s['median_add_per_100k']:,.1f} / {s['median_sub_per_100k']:,.1f} |")
+                     f"| {minutes} | {s['median_add_per_100k']:,.0f} / {s['median_sub_per_100k']:,.0f} |")
     if usage:
         lines += ["", f"Inserted nodes that `{usage['run']}` (the best grown run) still uses, by mean ablation "
                   "(share of correctly answered questions that one node's ablation breaks):", "", "```",
