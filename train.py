@@ -63,7 +63,7 @@ for _p in PRESETS.values():
 # (seeds 2 and 3; `bench.py --seeds 5`: 5 of 5 verified). 10% short operands keep 00055+00045 right.
 # The sub and mix steps are scaled from the addition one and less tested: a 6-digit mixed model (6,000
 # steps) kept 13 errors and a 6-digit subtractor (4,000 steps, seed 1) 42 sparse ones, where 6-digit
-# adders (2,500 steps, seeds 1-3) verified. Sparse operands (a random set of columns cleared) are off but at
+# adders (2,500 steps, seeds 1-5) verified. Sparse operands (a random set of columns cleared) are off but at
 # 10 digits: there, without them the adder failed 39 of 442,036 sparse questions (a carry out of a lone
 # column); with 5% it made 0 errors in 10^6 uniform, 10^6 enriched and every named and sparse set (seed 1).
 # At 6 digits they cost a few uniform errors (docs/training.md), so shorter operands keep the stream as before.
