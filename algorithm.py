@@ -188,88 +188,6 @@ def algorithm_in_words(result, nodes, cfg, task) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- end of discovery's block ---
-
-# ----------------------------------------------------------------------------- neurons
-
-
-def neuron_ablation(model, task, mlp: Node, count=300, chunk=16, seed=0):
-    """Mean-ablate the neurons of one MLP node in chunks of `chunk`, then each neuron of a chunk that
-    makes questions fail. Returns (failing chunks [(first neuron, fails)], {neuron: (fails, loss
-    increase per answer token (n+2,) in nats)} for the neurons of those chunks, the questions (B, P),
-    the MLP's activations at its position (B, M)). Means are over the same `count` questions per operation."""
-    n = model.cfg.n_digits
-    tokens = sample_questions(task, n, count, torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(tokens, names_filter=[mlp.hook_name])
-    acts = cache[mlp.hook_name][:, mlp.position]                          # (B, M)
-    mean = acts.mean(0)                                                   # (M,)
-    intact = failures(model, tokens, n)
-    ok = ~intact.wrong.any(1)
-    base = intact.nll[ok].mean(0)                                         # (n+2,)
-
-    def run(neurons):
-        hook = functools.partial(replace, index=(mlp.position, neurons), value=mean[neurons])
-        out = failures(model, tokens, n, [(mlp.hook_name, hook)])
-        return int((ok & out.fails).sum()), out.nll[ok].mean(0) - base
-
-    chunks, found = [], {}
-    for start in range(0, model.cfg.d_mlp, chunk):
-        group = list(range(start, min(start + chunk, model.cfg.d_mlp)))
-        fails = run(group)[0]
-        if fails:
-            chunks.append((start, fails))
-            found.update({k: run([k]) for k in group})
-    return chunks, found, tokens, acts
-
-
-def column_view(tokens, n, k):
-    """For answer index k of `sign A(n)..A0` (0 = sign): the column the digit depends on and its
-    carry/borrow in. Returns (x (B,) the column's sum or difference, c (B,) carry/borrow in, x label)."""
-    a, b, is_sub, _ = data.parse_questions(tokens, n)
-    digit = n + 1 - k if k > 0 else n                  # A_digit; the sign looks at the top column
-    t = digit if digit < n else n - 1                  # A_n is the carry out of column n-1
-    xs, ys = framework.column_digits(a, n), framework.column_digits(b, n)
-    add, sub = framework.add_subtasks(xs, ys), framework.sub_subtasks(xs, ys)
-    x = torch.where(is_sub, xs[:, t] - ys[:, t], xs[:, t] + ys[:, t])
-    c = torch.where(is_sub, sub["borrow"][:, t], add["carry"][:, t])
-    return x, c, f"D{t} {'-' if is_sub.all() else '+'} D'{t}"
-
-
-def step_neurons(run, per_mlp=4):
-    """Neuron step: for each useful MLP, the neurons whose ablation makes questions fail, and plots of
-    the most harmful ones' activations against the column of the answer digit they serve (the digit
-    whose loss their ablation raises most). Returns markdown and, per MLP, its failing chunks and neurons."""
-    n, count = run.n, run.settings["neuron_questions"]
-    mlps = [nd for nd in run.nodes if nd.is_mlp]
-    lines = ["## MLP neurons", "", "Neurons mean-ablated in chunks of 16, then one by one inside chunks "
-             "that make questions fail (loss > 0.01 and a wrong answer). The digit a neuron serves is the "
-             "answer token whose loss its ablation raises most.", "",
-             "| MLP | failing chunks | neurons that fail questions alone (fails) | digits served |",
-             "|---|---|---|---|"]
-    labels = ["sign"] + [f"A{d}" for d in range(n, -1, -1)]
-    figures, numbers = [], []
-    for mlp in tqdm(mlps, desc="neurons", disable=not run.progress, mininterval=0.5):
-        chunks, found, tokens, acts = neuron_ablation(run.model, run.task, mlp, count, seed=run.seed)
-        alone = sorted((k for k in found if found[k][0]), key=lambda k: -found[k][0])
-        harm = sorted(found, key=lambda k: -(found[k][0] * 1e3 + float(found[k][1].max())))[:per_mlp]
-        serve = {k: int(found[k][1].argmax()) for k in found}
-        lines.append(f"| {mlp.name} | {len(chunks)} of {-(-run.cfg.d_mlp // 16)} | " +
-                     (", ".join(f"{k} ({found[k][0]})" for k in alone[:12]) or "none") +
-                     (" ..." if len(alone) > 12 else "") + " | " +
-                     (", ".join(sorted({labels[serve[k]] for k in alone or harm})) or "-") + " |")
-        numbers.append({"node": mlp.name, "questions": len(tokens), "failing_chunks": chunks,
-                        "neurons": [{"neuron": k, "fails": f, "serves": labels[serve[k]],
-                                     "loss_increase": [round(v, 6) for v in d.tolist()]} for k, (f, d) in found.items()]})
-        if harm:
-            fig = plots.plot_neurons([acts[:, k] for k in harm], [column_view(tokens, n, serve[k]) for k in harm],
-                                     [f"{mlp.name} n{k}: {labels[serve[k]]}, {found[k][0]} fails" for k in harm])
-            figures.append(plots.save(fig, run.out, f"neurons_{mlp.name.replace('.', '')}.png", dpi=100))
-    return "\n".join(lines + [""] + figures) + "\n", numbers
-
-# ----------------------------------------------------------------------------- the discovery as markdown
-
-
 DEFINITIONS = (
     "**How to read this.** An *interchange intervention* runs a *store* question, copies one node's activation "
     "(a head's output z, or an MLP's hidden activation, at its position) into the run of an *alter* question, and "
@@ -378,3 +296,82 @@ def discovery_markdown(result, cfg, figure=None) -> str:
         lines.append("Useful nodes without a strong purpose (their best single test): " + "; ".join(
             f"{n} ({best[n][0]}: {100 * best[n][1]:.0f}%)" if n in best else n for n, _ in lost) + ".")
     return "\n".join(lines) + "\n"
+
+# --- end of discovery's block ---
+
+# ----------------------------------------------------------------------------- neurons
+
+
+def neuron_ablation(model, task, mlp: Node, count=300, chunk=16, seed=0):
+    """Mean-ablate the neurons of one MLP node in chunks of `chunk`, then each neuron of a chunk that
+    makes questions fail. Returns (failing chunks [(first neuron, fails)], {neuron: (fails, loss
+    increase per answer token (n+2,) in nats)} for the neurons of those chunks, the questions (B, P),
+    the MLP's activations at its position (B, M)). Means are over the same `count` questions per operation."""
+    n = model.cfg.n_digits
+    tokens = sample_questions(task, n, count, torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens, names_filter=[mlp.hook_name])
+    acts = cache[mlp.hook_name][:, mlp.position]                          # (B, M)
+    mean = acts.mean(0)                                                   # (M,)
+    intact = failures(model, tokens, n)
+    ok = ~intact.wrong.any(1)
+    base = intact.nll[ok].mean(0)                                         # (n+2,)
+
+    def run(neurons):
+        hook = functools.partial(replace, index=(mlp.position, neurons), value=mean[neurons])
+        out = failures(model, tokens, n, [(mlp.hook_name, hook)])
+        return int((ok & out.fails).sum()), out.nll[ok].mean(0) - base
+
+    chunks, found = [], {}
+    for start in range(0, model.cfg.d_mlp, chunk):
+        group = list(range(start, min(start + chunk, model.cfg.d_mlp)))
+        fails = run(group)[0]
+        if fails:
+            chunks.append((start, fails))
+            found.update({k: run([k]) for k in group})
+    return chunks, found, tokens, acts
+
+
+def column_view(tokens, n, k):
+    """For answer index k of `sign A(n)..A0` (0 = sign): the column the digit depends on and its
+    carry/borrow in. Returns (x (B,) the column's sum or difference, c (B,) carry/borrow in, x label)."""
+    a, b, is_sub, _ = data.parse_questions(tokens, n)
+    digit = n + 1 - k if k > 0 else n                  # A_digit; the sign looks at the top column
+    t = digit if digit < n else n - 1                  # A_n is the carry out of column n-1
+    xs, ys = framework.column_digits(a, n), framework.column_digits(b, n)
+    add, sub = framework.add_subtasks(xs, ys), framework.sub_subtasks(xs, ys)
+    x = torch.where(is_sub, xs[:, t] - ys[:, t], xs[:, t] + ys[:, t])
+    c = torch.where(is_sub, sub["borrow"][:, t], add["carry"][:, t])
+    return x, c, f"D{t} {'-' if is_sub.all() else '+'} D'{t}"
+
+
+def step_neurons(run, per_mlp=4):
+    """Neuron step: for each useful MLP, the neurons whose ablation makes questions fail, and plots of
+    the most harmful ones' activations against the column of the answer digit they serve (the digit
+    whose loss their ablation raises most). Returns markdown and, per MLP, its failing chunks and neurons."""
+    n, count = run.n, run.settings["neuron_questions"]
+    mlps = [nd for nd in run.nodes if nd.is_mlp]
+    lines = ["## MLP neurons", "", "Neurons mean-ablated in chunks of 16, then one by one inside chunks "
+             "that make questions fail (loss > 0.01 and a wrong answer). The digit a neuron serves is the "
+             "answer token whose loss its ablation raises most.", "",
+             "| MLP | failing chunks | neurons that fail questions alone (fails) | digits served |",
+             "|---|---|---|---|"]
+    labels = ["sign"] + [f"A{d}" for d in range(n, -1, -1)]
+    figures, numbers = [], []
+    for mlp in tqdm(mlps, desc="neurons", disable=not run.progress, mininterval=0.5):
+        chunks, found, tokens, acts = neuron_ablation(run.model, run.task, mlp, count, seed=run.seed)
+        alone = sorted((k for k in found if found[k][0]), key=lambda k: -found[k][0])
+        harm = sorted(found, key=lambda k: -(found[k][0] * 1e3 + float(found[k][1].max())))[:per_mlp]
+        serve = {k: int(found[k][1].argmax()) for k in found}
+        lines.append(f"| {mlp.name} | {len(chunks)} of {-(-run.cfg.d_mlp // 16)} | " +
+                     (", ".join(f"{k} ({found[k][0]})" for k in alone[:12]) or "none") +
+                     (" ..." if len(alone) > 12 else "") + " | " +
+                     (", ".join(sorted({labels[serve[k]] for k in alone or harm})) or "-") + " |")
+        numbers.append({"node": mlp.name, "questions": len(tokens), "failing_chunks": chunks,
+                        "neurons": [{"neuron": k, "fails": f, "serves": labels[serve[k]],
+                                     "loss_increase": [round(v, 6) for v in d.tolist()]} for k, (f, d) in found.items()]})
+        if harm:
+            fig = plots.plot_neurons([acts[:, k] for k in harm], [column_view(tokens, n, serve[k]) for k in harm],
+                                     [f"{mlp.name} n{k}: {labels[serve[k]]}, {found[k][0]} fails" for k in harm])
+            figures.append(plots.save(fig, run.out, f"neurons_{mlp.name.replace('.', '')}.png", dpi=100))
+    return "\n".join(lines + [""] + figures) + "\n", numbers

@@ -49,6 +49,7 @@ from reuse_nodes import inserted_node_usage, usage_table, useful_source_heads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX = {"init": "ins1_", "freeze-useful": "ins2_", "freeze-all": "ins3_"}
+RECIPE = ("p_short", "p_sparse", "warmup", "clip", "betas")  # taken from the source (a preset: the papers')
 PER_HEAD = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")  # attention tensors indexed by head first
 FAITHFUL_SKIP = ("attn.W_O", "attn.b_O", "ln2.w", "ln2.b", "ln_final.b", "unembed.b_U")  # the reference leaves these
 ENDS = ("embed.W_E", "pos_embed.W_pos", "ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U")  # --freeze-embed
@@ -380,9 +381,7 @@ def resolve(args, p, src_cfg, info):
                            lr=pick(args.lr, "lr", src_train.get("lr", 3e-3)),
                            weight_decay=pick(args.weight_decay, "weight_decay", src_train.get("weight_decay", 0.1)),
                            perc_sub=pick(args.perc_sub, "perc_sub", 80), seed=pick(args.seed, "seed", 1),
-                           p_short=0.0 if args.preset else src_train.get("p_short", 0.0),  # presets: the paper's data
-                           p_sparse=0.0 if args.preset else src_train.get("p_sparse", 0.0),
-                           **({} if args.preset else {k: src_train[k] for k in ("warmup", "clip", "betas") if k in src_train}),
+                           **({} if args.preset else {k: src_train[k] for k in RECIPE if k in src_train}),
                            check_every=args.check_every, check_questions=args.check_questions,
                            until_verified=args.until_verified)
     if not 0 <= tc.perc_sub <= 100 or tc.lr <= 0 or tc.weight_decay < 0:

@@ -651,7 +651,8 @@ def _save_source(folder, src=None, task="add"):
     """A source checkpoint in `folder`: by default a random 1-digit one (its final checks are small)."""
     path = os.path.join(folder, "src.pt")
     save_model(path, src or _reuse_source(n_digits=1), task=task, steps=10,
-               train={"lr": 3e-3, "batch_size": 32, "weight_decay": 0.1})
+               train={"lr": 3e-3, "batch_size": 32, "weight_decay": 0.1, "warmup": 0.3, "clip": 0.5,
+                      "betas": [0.8, 0.9], "p_short": 0.2})
     return path
 
 
@@ -688,6 +689,8 @@ def test_reuse_cli_trains_saves_and_records_the_adder():
         assert rc == 0 and "L2MLP" in log  # the node-usage table was printed
         model, info = load_model(os.path.join(tmp, "ins3_mix_d1_l3_h4_t8_s1_late.pt"))
         assert info["insert"]["offset"] == 1 and info["train"]["batch_size"] == 32
+        recipe = {k: info["train"][k] for k in ("warmup", "clip", "betas", "p_short", "p_sparse")}
+        assert recipe == {"warmup": 0.3, "clip": 0.5, "betas": (0.8, 0.9), "p_short": 0.2, "p_sparse": 0.0}, recipe
         assert len(info["node_usage"]["rows"]) == 8  # 2 inserted layers x (3 heads + MLP)
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
         assert info["source"] == {"file": "src.pt", "sha256": digest} and tmp not in json.dumps(info)
