@@ -15,7 +15,8 @@ Sweep (--seeds K): per seed, the steps and wall time to the first check with zer
 steps unless --check-every says otherwise), then errors on --questions fresh uniform questions per
 operation (default 10^6, the papers' check) and on every named set; "K of N seeds verified" counts seeds
 with zero errors there. Each seed's result is appended to a JSON-lines file under --results the moment
-it finishes; a rerun with the same flags skips the seeds already there.
+it finishes; a rerun with the same flags skips the seeds already there, and `--first-seed S` leaves seeds
+below S to another process (two sweeps side by side, one per core, then one rerun for the summary).
 Left out on purpose: GPU timings (no GPU was lent to this project) and timed assertions in tests.
 """
 import argparse
@@ -104,10 +105,14 @@ def main(argv=None):
     p.add_argument("--questions", type=int, default=1_000_000,
                    help="fresh uniform questions per operation in the verification check (default 1000000)")
     p.add_argument("--seeds", type=int, default=0, help="sweep: train seeds 1..K instead (default 0: no sweep)")
+    p.add_argument("--first-seed", type=int, default=1,
+                   help="sweep: train only seeds FIRST..K (a second process can take the others; default 1)")
     p.add_argument("--results", default=os.path.join("runs", "bench"),
                    help="sweep: folder of the JSON-lines result files (default runs/bench)")
     args, rest = p.parse_known_args(argv)
     if args.seeds:
+        if not 1 <= args.first_seed <= args.seeds:
+            p.error(f"--first-seed {args.first_seed}: must be between 1 and --seeds ({args.seeds})")
         return sweep(args, rest)
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)} (train.py flags go with --seeds)")
@@ -164,7 +169,8 @@ def main(argv=None):
 
 
 def sweep(args, rest):
-    """Train seeds 1..args.seeds with the train.py flags in `rest`; one JSON line per seed, as it finishes."""
+    """Train seeds first_seed..seeds with the train.py flags in `rest`; one JSON line per seed, as it finishes.
+    The summary counts seeds 1..seeds from the results file and names those not finished yet."""
     p = train.build_parser()
     p.prog = "bench.py"
     if train.build_parser().parse_args(rest).seed is not None:
@@ -181,6 +187,9 @@ def sweep(args, rest):
             rows = {r["seed"]: r for r in map(json.loads, f) if r.get("flags") == rest}
     print(f"results: {path} ({len(rows)} seed(s) done before); flags: {' '.join(rest)}")
     for seed in range(1, args.seeds + 1):
+        if seed < args.first_seed and seed not in rows:
+            print(f"seed {seed}: not finished (left to another process: --first-seed {args.first_seed})")
+            continue
         if seed not in rows:
             cfg, tc = train.resolve(p.parse_args([*rest, "--seed", str(seed)]), p)
             train.set_threads(cfg)
@@ -210,8 +219,9 @@ def sweep(args, rest):
               + (f"errors {wrong}, e.g. {'; '.join(r['failures'][:3])}" if wrong else "no errors"))
     ok = [r for s, r in rows.items() if s <= args.seeds and not any(r["errors"].values())]
     times = sorted(r["seconds_to_verified"] for s, r in rows.items() if s <= args.seeds and r["verified_step"])
+    missing = [s for s in range(1, args.seeds + 1) if s not in rows]
     print(f"{len(ok)} of {args.seeds} seeds verified ({args.questions:,} fresh uniform questions per operation "
-          f"and every named set)" + (f"; median time to the first zero-error check {statistics.median(times):.0f} s"
+          f"and every named set)" + (f"; not finished: seed {', '.join(map(str, missing))}" if missing else "") + (f"; median time to the first zero-error check {statistics.median(times):.0f} s"
                                      if times else ""))
     return 0
 

@@ -1673,7 +1673,13 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         assert lines[:2] == first and json.loads(lines[2])["seed"] == 3  # seeds 1 and 2 were not trained again
         assert set(json.loads(lines[2])["errors"]) >= {"add uniform", "Add.rule", "Add.sparse"}
         assert "2 seed(s) done before" in log.getvalue() and " of 3 seeds verified" in log.getvalue()
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:
+        assert bench.main(["--seeds", "2", "--first-seed", "2", *flags, "--results", d]) == 0  # a second process
+        (name,) = os.listdir(d)
+        assert [json.loads(line)["seed"] for line in open(os.path.join(d, name))] == [2]
+        assert "seed 1: not finished" in log.getvalue() and "not finished: seed 1" in log.getvalue()
     assert "drop --seed" in cli_error(bench.main, ["--seeds", "2", "--seed", "4"])
+    assert "--first-seed 3: must be between 1 and --seeds" in cli_error(bench.main, ["--seeds", "2", "--first-seed", "3"])
 
 
 # ============================================================================= the algorithm in words (report opening)
