@@ -61,15 +61,15 @@ for _p in PRESETS.values():
 # 0.95 and a 10% warm-up cut the worst rise to 5-13x; and stopping at the first clean check mid-schedule left
 # 1-23 errors in 10^6 on 5 of 7 runs, where the 2,000-step schedule trained to its end (cosine to 0) left none
 # (seeds 2 and 3; `bench.py --seeds 5`: 5 of 5 verified). 10% short operands keep 00055+00045 right.
-# The sub and mix steps are scaled from the addition one and less tested: a 6-digit mixed model (6,000
-# steps) kept 13 errors and a 6-digit subtractor (4,000 steps, seed 1) 42 sparse ones, where 6-digit
-# adders (2,500 steps, seeds 1-5) verified. Sparse operands (a random set of columns cleared) are off but at
+# Subtraction takes as many steps as mixed batches: 6-digit subtractors verified on 4 of 5 seeds at 6,000
+# steps (the fifth: 1 sparse error, 000009-000015) and on 0 of 2 at 4,000 (42 and 1,461 errors); 6-digit
+# adders (2,500 steps, seeds 1-5) verified; a 6-digit mixed model (6,000 steps) kept 13 errors. Sparse operands (a random set of columns cleared) are off but at
 # 10 digits: there, without them the adder failed 39 of 442,036 sparse questions (a carry out of a lone
 # column); with 5% it made 0 errors in 10^6 uniform, 10^6 enriched and every named and sparse set (seed 1).
 # At 6 digits they cost a few uniform errors (docs/training.md), so shorter operands keep the stream as before.
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
-FAST_STEPS = {"add": 2000, "sub": 3200, "mix": 4800}  # at 5 digits; x1.25 per digit above 5
+FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 4800}  # at 5 digits; x1.25 per digit above 5
 FAST_SPARSE = {10: 0.05}  # share of sparse operands by digits (default 0)
 
 
@@ -251,7 +251,7 @@ def build_parser():
     p.add_argument("--d-head", type=positive(int), help="width of each head (default 16; paper 170)")
     p.add_argument("--d-mlp", type=positive(int), help="MLP hidden width (default 4*d_model)")
     p.add_argument("--steps", type=positive(int), help="training steps, the step limit with --until-verified "
-                   "(default: 2000 add, 3200 sub, 4800 mix at 5 digits, x1.25 per digit above 5)")
+                   "(default: 2000 add, 4800 sub, 4800 mix at 5 digits, x1.25 per digit above 5)")
     p.add_argument("--batch-size", type=positive(int), help="questions per step (default 256; paper 64)")
     p.add_argument("--lr", type=positive(float), help="peak learning rate (default 3e-3; paper 8e-5)")
     p.add_argument("--warmup", type=bounded(0, 1), help="share of the steps warming up linearly from 1%% of --lr, "
