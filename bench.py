@@ -221,8 +221,8 @@ def sweep(args, rest):
     times = sorted(r["seconds_to_verified"] for s, r in rows.items() if s <= args.seeds and r["verified_step"])
     missing = [s for s in range(1, args.seeds + 1) if s not in rows]
     print(f"{len(ok)} of {args.seeds} seeds verified ({args.questions:,} fresh uniform questions per operation "
-          f"and every named set)" + (f"; not finished: seed {', '.join(map(str, missing))}" if missing else "") + (f"; median time to the first zero-error check {statistics.median(times):.0f} s"
-                                     if times else ""))
+          f"and every named set)" + (f"; not finished: seed {', '.join(map(str, missing))}" if missing else "")
+          + (f"; median time to the first zero-error check {statistics.median(times):.0f} s" if times else ""))
     return 0
 
 
