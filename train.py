@@ -66,7 +66,8 @@ for _p in PRESETS.values():
 # adders (2,500 steps, seeds 1-5) verified; a 6-digit mixed model (6,000 steps) kept 13 errors.
 # Sparse operands (a random set of columns cleared) are off but at 10 digits: there, without them the
 # adder failed 39 of 442,036 sparse questions (a carry out of a lone column); with 5% it made 0 errors in
-# 10^6 uniform, 10^6 enriched and every named and sparse set (seed 1). At 6 digits they cost a few uniform errors (docs/training.md), so shorter operands keep the stream as before.
+# 10^6 uniform, 10^6 enriched and every named and sparse set (seed 1). At 6 digits they cost a few uniform
+# errors (docs/training.md), so shorter operands keep the stream as before.
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
 FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 4800}  # at 5 digits; x1.25 per digit above 5
