@@ -1192,6 +1192,12 @@ def test_config_defaults_are_the_laptop_model():
     cfg = Config(n_digits=5)
     command, _ = train.resolve(train.build_parser().parse_args([]), train.build_parser())  # `python train.py`
     assert cfg == command and (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == (2, 3, 64, 16, 256)
+    sparse = {}  # the measured sparse-operand shares: the 5- and 10-digit adders only; a flag wins
+    for flags in (["--task", "add"], ["--task", "sub"], ["--task", "mix"], ["--digits", "6"], ["--digits", "10"],
+                  ["--task", "sub", "--digits", "10"], ["--sparse-operands", "0"]):
+        sparse[" ".join(flags)] = train.resolve(train.build_parser().parse_args(flags), train.build_parser())[1].p_sparse
+    assert sparse == {"--task add": 0.05, "--task sub": 0.0, "--task mix": 0.0, "--digits 6": 0.0,
+                      "--digits 10": 0.05, "--task sub --digits 10": 0.0, "--sparse-operands 0": 0.0}
     cfg, _ = train.resolve(train.build_parser().parse_args(["--preset", "add_d6_l2_h3_t15K"]), train.build_parser())
     assert (cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.n_digits) == (510, 170, 2040, 6)  # the paper's sizes
     sd = small_model(d_model=40, d_head=7, d_mlp=50, n_heads=5).state_dict()
