@@ -13,11 +13,12 @@ check, against the paper preset's 15,000 steps x its step time plus its check (t
 multiply-add; backward = 2x forward).
 Sweep (--seeds K): per seed, the steps and wall time to the first check with zero errors (checks every 250
 steps unless --check-every says otherwise), then errors on --questions fresh uniform questions per
-operation (default 10^6, the papers' check) and on every named set; "K of N seeds verified" counts seeds
-with zero errors there. Each seed's result is appended to a JSON-lines file under --results the moment
+operation (default 10^6, the papers' check) and on every named set, and the loss curve's worst rise after
+warm-up (loss_rise); "K of N seeds verified" counts seeds with zero errors there. `--device cuda` trains
+and checks on a GPU. Each seed's result is appended to a JSON-lines file under --results the moment
 it finishes; a rerun with the same flags skips the seeds already there, and `--first-seed S` leaves seeds
 below S to another process (two sweeps side by side, one per core, then one rerun for the summary).
-Left out on purpose: GPU timings (no GPU was lent to this project) and timed assertions in tests.
+Left out on purpose: GPU speed figures (the targets are a laptop's) and timed assertions in tests.
 """
 import argparse
 import glob
@@ -33,7 +34,7 @@ import torch
 import data
 import evaluate
 import train
-from model import Config, Transformer, load_model
+from model import Config, Transformer, load_model, pick_device
 
 
 def matmul_rate(threads, n=1024, reps=20):
@@ -168,6 +169,17 @@ def main(argv=None):
 
 
 
+def loss_rise(loss, skip, window=20):
+    """The loss curve's worst rise after `skip` steps (the warm-up): the `window`-step running mean (the
+    `_loss.png`'s smoothing) over its own running minimum. loss: per-step losses (list or (steps,) tensor).
+    Returns (largest ratio, steps where it was above 10x); (1.0, 0) for a run too short to tell."""
+    if len(loss) < window + skip:
+        return 1.0, 0
+    mean = torch.tensor(loss, dtype=torch.float64).unfold(0, window, 1).mean(1)[skip:]  # (steps - window + 1 - skip,)
+    rise = mean / torch.cummin(mean, 0).values
+    return round(rise.max().item(), 1), int((rise > 10).sum())
+
+
 def sweep(args, rest):
     """Train seeds first_seed..seeds with the train.py flags in `rest`; one JSON line per seed, as it finishes.
     The summary counts seeds 1..seeds from the results file and names those not finished yet."""
@@ -179,6 +191,7 @@ def sweep(args, rest):
         rest = [*rest, "--check-every", "250"]
     key = hashlib.sha256(" ".join(rest + ["--questions", str(args.questions)]).encode()).hexdigest()[:10]
     cfg, tc = train.resolve(p.parse_args(rest), p)
+    device = pick_device(p.parse_args(rest).device)
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, f"{tc.task}_d{tc.n_digits}_{key}.jsonl")
     rows = {}
@@ -193,8 +206,8 @@ def sweep(args, rest):
         if seed not in rows:
             cfg, tc = train.resolve(p.parse_args([*rest, "--seed", str(seed)]), p)
             train.set_threads(cfg)
-            model = Transformer(cfg, torch.Generator().manual_seed(seed))
-            hist = train.train(model, tc, progress=False)
+            model = Transformer(cfg, torch.Generator().manual_seed(seed)).to(device)
+            hist = train.train(model, tc, device, progress=False)
             if hist["interrupted"]:
                 print(f"seed {seed}: interrupted after {hist['steps_done']} steps, not recorded")
                 return 130
@@ -205,6 +218,7 @@ def sweep(args, rest):
                               verified_step=hist["verified_step"], seconds_to_verified=first and first["seconds"],
                               check_seconds=round(time.perf_counter() - t, 1), questions=args.questions,
                               final_loss=hist["loss"][-1], errors=evaluate.errors(res),
+                              loss_rise=loss_rise(hist["loss"], int(tc.steps * tc.warmup)),
                               failures=sorted({f for r in res.values() for f in r["failures"]})[:6])
             with open(path, "a") as f:  # one line per finished seed, on disk before the next starts
                 f.write(json.dumps(rows[seed]) + "\n")
@@ -214,7 +228,9 @@ def sweep(args, rest):
         wrong = {k: v for k, v in r["errors"].items() if v}
         to = (f"first zero-error check at step {r['verified_step']:,} ({r['seconds_to_verified']:.0f} s)"
               if r["verified_step"] else f"no zero-error check in {r['steps']:,} steps")
-        print(f"seed {seed}: {to}; trained {r['steps']:,} steps in {r['train_seconds']:.0f} s; "
+        rise = (f"; loss rose up to {r['loss_rise'][0]}x above its running minimum after warm-up "
+                f"({r['loss_rise'][1]} steps above 10x)") if "loss_rise" in r else ""
+        print(f"seed {seed}: {to}; trained {r['steps']:,} steps in {r['train_seconds']:.0f} s{rise}; "
               f"{r['questions']:,} uniform per operation + named sets: "
               + (f"errors {wrong}, e.g. {'; '.join(r['failures'][:3])}" if wrong else "no errors"))
     ok = [r for s, r in rows.items() if s <= args.seeds and not any(r["errors"].values())]

@@ -652,7 +652,7 @@ def _save_source(folder, src=None, task="add"):
     path = os.path.join(folder, "src.pt")
     save_model(path, src or _reuse_source(n_digits=1), task=task, steps=10,
                train={"lr": 3e-3, "batch_size": 32, "weight_decay": 0.1, "warmup": 0.3, "clip": 0.5,
-                      "betas": [0.8, 0.9], "p_short": 0.2})
+                      "betas": [0.8, 0.9], "eps": 1e-6, "p_short": 0.2})
     return path
 
 
@@ -689,8 +689,9 @@ def test_reuse_cli_trains_saves_and_records_the_adder():
         assert rc == 0 and "L2MLP" in log  # the node-usage table was printed
         model, info = load_model(os.path.join(tmp, "ins3_mix_d1_l3_h4_t8_s1_late.pt"))
         assert info["insert"]["offset"] == 1 and info["train"]["batch_size"] == 32
-        recipe = {k: info["train"][k] for k in ("warmup", "clip", "betas", "p_short", "p_sparse")}
-        assert recipe == {"warmup": 0.3, "clip": 0.5, "betas": (0.8, 0.9), "p_short": 0.2, "p_sparse": 0.0}, recipe
+        recipe = {k: info["train"][k] for k in ("warmup", "clip", "betas", "eps", "p_short", "p_sparse")}
+        assert recipe == {"warmup": 0.3, "clip": 0.5, "betas": (0.8, 0.9), "eps": 1e-6, "p_short": 0.2,
+                          "p_sparse": 0.0}, recipe
         assert len(info["node_usage"]["rows"]) == 8  # 2 inserted layers x (3 heads + MLP)
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
         assert info["source"] == {"file": "src.pt", "sha256": digest} and tmp not in json.dumps(info)
@@ -1664,6 +1665,21 @@ def test_same_seed_same_numbers_across_processes_with_two_threads():
     assert runs[0].stdout == runs[1].stdout and runs[0].stdout.count(",") == 11
 
 
+def test_loss_rise_finds_a_jump_after_warm_up_and_ignores_one_during_it():
+    import bench
+    calm = [1.0 / (1 + t) for t in range(200)]  # falling all the way: never above its running minimum
+    assert bench.loss_rise(calm, skip=20) == (1.0, 0)
+    spiked = list(calm)
+    spiked[150:160] = [1.0] * 10  # 10 steps at ~150x the loss around them
+    rise, above = bench.loss_rise(spiked, skip=20)
+    assert 50 < rise < 100 and 20 <= above <= 29  # the 20-step mean: ~10/20 of 150x, over 29 windows
+    early = list(calm)
+    early[5:15] = [10.0] * 10  # a jump inside the warm-up is not counted
+    assert bench.loss_rise(early, skip=40) == (1.0, 0) and bench.loss_rise(calm[:10], skip=0) == (1.0, 0)
+    eps = train.resolve(train.build_parser().parse_args(["--eps", "1e-6"]), train.build_parser())[1].eps
+    assert eps == 1e-6 and train.TrainConfig().eps == 1e-8  # the flag reaches the optimizer's settings
+
+
 def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
     import contextlib
     import io
@@ -1678,6 +1694,7 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         lines = open(os.path.join(d, name)).read().splitlines()
         assert lines[:2] == first and json.loads(lines[2])["seed"] == 3  # seeds 1 and 2 were not trained again
         assert set(json.loads(lines[2])["errors"]) >= {"add uniform", "Add.rule", "Add.sparse"}
+        assert json.loads(lines[2])["loss_rise"][0] >= 1 and "above its running minimum" in log.getvalue()
         assert "2 seed(s) done before" in log.getvalue() and " of 3 seeds verified" in log.getvalue()
     with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:
         assert bench.main(["--seeds", "2", "--first-seed", "2", *flags, "--results", d]) == 0  # a second process

@@ -92,6 +92,7 @@ class TrainConfig:
     p_sparse: float = 0.0      # share of questions with sparse operands (data.shorten); the papers: 0
     clip: float = 0.0          # clip the gradient's global L2 norm to this (0 = off; the papers: off)
     betas: tuple = (0.9, 0.98)  # AdamW's (beta1, beta2), as the papers
+    eps: float = 1e-8          # AdamW's epsilon, added to the root of the second moment (PyTorch's default)
     check_every: int = 0       # steps between checks on fresh and named questions (0 = no checks)
     until_verified: bool = False  # stop at the first check with zero errors (needs check_every > 0)
     check_questions: int = 2000  # fresh uniform and enriched questions per operation per check
@@ -171,7 +172,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
     gen = torch.Generator().manual_seed(tc.seed + 1)  # data; the init generator is seeded with tc.seed
     check_gen = torch.Generator().manual_seed(tc.seed + 2_000_003)  # checks: apart from training's data
     # fused: one kernel for all parameters instead of ~10 per tensor (profiled: 5.6 -> 1.4 ms of a CPU step)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=1e-8,
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.eps,
                             weight_decay=tc.weight_decay, fused=torch.device(device).type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc.steps, tc.warmup))
     losses = torch.zeros(tc.steps, tc.n_digits + 2, dtype=torch.float64, device=device)
@@ -237,8 +238,8 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
 
 
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
-               "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "clip", "betas", "check_every",
-               "check_questions", "until_verified", "preset")
+               "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "clip", "betas", "eps",
+               "check_every", "check_questions", "until_verified", "preset")
 
 
 def build_parser():
@@ -261,6 +262,7 @@ def build_parser():
                    "then cosine to 0 (default 0.1; presets 0.2)")
     p.add_argument("--betas", type=positive(float), nargs=2, metavar=("BETA1", "BETA2"),
                    help="AdamW betas (default 0.9 0.95; presets 0.9 0.98, as the papers)")
+    p.add_argument("--eps", type=positive(float), help="AdamW epsilon (default 1e-8, as PyTorch and the papers)")
     p.add_argument("--clip", type=bounded(0), help="clip the gradient's L2 norm to this, 0 = off (default 1; presets 0)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
     p.add_argument("--perc-sub", type=float, help="mix: %% of batches that are subtraction (default 50)")
@@ -332,7 +334,7 @@ def resolve(args, p):
                      lr=b["lr"], weight_decay=b["weight_decay"], perc_sub=perc, seed=b["seed"],
                      p_short=b.get("p_short", 0.0), p_sparse=b.get("p_sparse", 0.0), warmup=b.get("warmup", defaults.warmup),
                      clip=b.get("clip", defaults.clip), betas=tuple(b.get("betas", defaults.betas)),
-                     check_every=check_every, until_verified=bool(b.get("until_verified")),
+                     eps=b.get("eps", defaults.eps), check_every=check_every, until_verified=bool(b.get("until_verified")),
                      check_questions=b.get("check_questions", defaults.check_questions))
     return cfg, tc
 
