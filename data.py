@@ -161,11 +161,21 @@ def shorten(x, y, gen: torch.Generator, p_short=0.1, p_sparse=0.0):
 
 
 def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator, perc_sub: float = 50,
-                 enrichment: bool = True, device="cpu", p_short: float = 0.0, p_sparse: float = 0.0) -> torch.Tensor:
+                 enrichment: bool = True, device="cpu", p_short: float = 0.0, p_sparse: float = 0.0,
+                 mix_by: str = "batch") -> torch.Tensor:
     """A batch of fresh questions (B, 3n+4), drawn on the CPU from `gen` (so the same seed gives the same
-    batches on any device). For 'mix', one operator for the whole batch: sub with probability perc_sub %.
+    batches on any device). For 'mix', mix_by="batch" gives one operator for the whole batch, sub with
+    probability perc_sub % (the papers' Math notebooks); mix_by="question" gives every batch
+    round(B * perc_sub / 100) subtraction questions and the rest additions (subtractions first).
     `enrichment` is the papers' (`enrich`); `p_short` or `p_sparse` > 0 adds `shorten` after it (the fast
-    default has short operands)."""
+    default has short operands). Raises ValueError for an unknown task or mix_by."""
+    if mix_by not in ("batch", "question"):
+        raise ValueError(f"unknown mix_by {mix_by!r} (use batch or question)")
+    if task == "mix" and mix_by == "question":
+        n_sub = round(batch_size * perc_sub / 100)
+        parts = [random_batch(op, n_digits, n, gen, enrichment=enrichment, p_short=p_short, p_sparse=p_sparse)
+                 for op, n in (("sub", n_sub), ("add", batch_size - n_sub)) if n > 0]
+        return torch.cat(parts).to(device)  # (B, 3n+4)
     if task == "mix":
         task = "sub" if torch.rand((), generator=gen).item() * 100 < perc_sub else "add"
     if task not in OPS:

@@ -142,6 +142,25 @@ def test_enrichment_makes_cascades_common():
     assert s4(rich) > 5 * s4(plain)
 
 
+def test_mixed_batches_by_batch_or_by_question():
+    ops = lambda t: t[:, 3] == data.MINUS  # noqa: E731  (B,) subtraction? the operator sits after 3 digits
+    whole = [data.random_batch("mix", 3, 50, torch.Generator().manual_seed(s), 80) for s in range(40)]
+    shares = torch.tensor([ops(b).float().mean().item() for b in whole])
+    assert set(shares.tolist()) <= {0.0, 1.0} and 0.6 < shares.mean() < 0.95  # one operator a batch, ~80% sub
+    for perc, n_sub in ((80, 40), (0, 0), (100, 50), (33, 16)):  # round(50 * perc / 100) subtractions every batch
+        b = data.random_batch("mix", 3, 50, torch.Generator().manual_seed(1), perc, mix_by="question")
+        assert b.shape == (50, 3 * 3 + 4) and int(ops(b).sum()) == n_sub and ops(b)[:n_sub].all()
+        for q in data.decode(b):
+            assert int(q[8:]) == (int(q[:3]) - int(q[4:7]) if q[3] == "-" else int(q[:3]) + int(q[4:7])), q
+    try:
+        data.random_batch("mix", 3, 5, torch.Generator(), mix_by="row")
+        raise AssertionError("an unknown mix_by was accepted")
+    except ValueError as e:
+        assert "mix_by" in str(e)
+    parse = lambda *f: train.resolve(train.build_parser().parse_args(["--task", "mix", *f]), train.build_parser())[1]  # noqa: E731
+    assert parse().mix_by == "batch" and parse("--mix-by", "question").mix_by == "question"
+
+
 def test_short_and_sparse_operands():
     reference = data.random_batch("add", 5, 500, torch.Generator().manual_seed(0))
     assert torch.equal(reference, data.random_batch("add", 5, 500, torch.Generator().manual_seed(0), p_short=0))

@@ -84,7 +84,8 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 3e-3           # peak learning rate
     weight_decay: float = 0.1
-    perc_sub: float = 50       # mix only: % of batches that are subtraction
+    perc_sub: float = 50       # mix only: % of batches (or of questions, mix_by="question") that are subtraction
+    mix_by: str = "batch"      # mix only: one operator per batch (the papers) or per question
     warmup: float = 0.2        # share of steps spent warming up linearly from 1% of lr
     seed: int = 1
     enrichment: bool = True
@@ -197,7 +198,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
                 interrupted = bool(stop)
                 break
             tokens = data.random_batch(tc.task, tc.n_digits, tc.batch_size, gen, tc.perc_sub,
-                                       tc.enrichment, device, tc.p_short, tc.p_sparse)
+                                       tc.enrichment, device, tc.p_short, tc.p_sparse, tc.mix_by)
             logits = model(tokens, read)  # (B, n+2, V): the loss reads only the answer positions
             per_pos = answer_nll(logits, tokens, tc.n_digits).mean(0)  # (n+2,)
             loss = per_pos.mean()
@@ -239,7 +240,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
 
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
                "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "clip", "betas", "eps",
-               "check_every", "check_questions", "until_verified", "preset")
+               "mix_by", "check_every", "check_questions", "until_verified", "preset")
 
 
 def build_parser():
@@ -265,7 +266,9 @@ def build_parser():
     p.add_argument("--eps", type=positive(float), help="AdamW epsilon (default 1e-8, as PyTorch and the papers)")
     p.add_argument("--clip", type=bounded(0), help="clip the gradient's L2 norm to this, 0 = off (default 1; presets 0)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
-    p.add_argument("--perc-sub", type=float, help="mix: %% of batches that are subtraction (default 50)")
+    p.add_argument("--perc-sub", type=float, help="mix: %% of batches (or questions) that are subtraction (default 50)")
+    p.add_argument("--mix-by", choices=["batch", "question"], help="mix: one operator per batch, as the papers, or "
+                   "every batch split by --perc-sub (default batch)")
     p.add_argument("--short-operands", dest="p_short", type=float,
                    help="share of questions whose top digits are zeroed, 0 to 1 (default 0.1; paper 0)")
     p.add_argument("--sparse-operands", dest="p_sparse", type=float,
@@ -334,7 +337,8 @@ def resolve(args, p):
                      lr=b["lr"], weight_decay=b["weight_decay"], perc_sub=perc, seed=b["seed"],
                      p_short=b.get("p_short", 0.0), p_sparse=b.get("p_sparse", 0.0), warmup=b.get("warmup", defaults.warmup),
                      clip=b.get("clip", defaults.clip), betas=tuple(b.get("betas", defaults.betas)),
-                     eps=b.get("eps", defaults.eps), check_every=check_every, until_verified=bool(b.get("until_verified")),
+                     eps=b.get("eps", defaults.eps), mix_by=b.get("mix_by", defaults.mix_by),
+                     check_every=check_every, until_verified=bool(b.get("until_verified")),
                      check_questions=b.get("check_questions", defaults.check_questions))
     return cfg, tc
 
