@@ -207,10 +207,11 @@ def describe(cfg: Config, tc, device, n_params, threads) -> str:
     checks = (f"every {tc.check_every:,} steps on {tc.check_questions:,} fresh uniform and enriched questions per "
               f"operation and the named sets" + ("; stop at the first with zero errors" * tc.until_verified)
               if tc.check_every else "none during training")
+    shares = {"batch": "batches", "question": "every batch's questions"}
     return "\n".join([
         f"model:    {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, d_head {cfg.d_head}, "
         f"d_mlp {cfg.d_mlp}, {cfg.n_digits} digits: {n_params:,} parameters",
-        f"task:     {tc.task}" + (f", {tc.perc_sub:g}% of batches subtraction" if tc.task == "mix" else "")
+        f"task:     {tc.task}" + (f", {tc.perc_sub:g}% of {shares[tc.mix_by]} subtraction" if tc.task == "mix" else "")
         + f"; enrichment {'on' if tc.enrichment else 'off'}, {tc.p_short:.0%} short operands"
         + (f", {tc.p_sparse:.0%} sparse operands" if tc.p_sparse else ""),
         f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW lr {tc.lr:g} (warm-up {tc.warmup:.0%}, "

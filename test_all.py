@@ -1218,6 +1218,14 @@ def test_config_defaults_are_the_laptop_model():
         sparse[" ".join(flags)] = train.resolve(train.build_parser().parse_args(flags), train.build_parser())[1].p_sparse
     assert sparse == {"--task add": 0.05, "--task sub": 0.0, "--task mix": 0.0, "--digits 6": 0.0,
                       "--digits 10": 0.05, "--task sub --digits 10": 0.0, "--sparse-operands 0": 0.0}
+    resolved = lambda *f: train.resolve(train.build_parser().parse_args(list(f)), train.build_parser())  # noqa: E731
+    cfg, tc = resolved("--task", "mix", "--digits", "6")  # the measured 6-digit recipes, and a flag wins
+    assert (cfg.n_layers, cfg.n_heads, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (3, 4, 80, "question", 10_000, 3e-3)
+    cfg, tc = resolved("--task", "mix", "--digits", "6", "--layers", "2", "--mix-by", "batch", "--steps", "50")
+    assert (cfg.n_layers, cfg.n_heads, tc.mix_by, tc.steps) == (2, 4, "batch", 50)
+    assert (resolved("--task", "sub", "--digits", "6")[1].steps, resolved("--task", "sub", "--digits", "6")[1].lr) == (6000, 3e-3)
+    cfg, tc = resolved("--task", "mix", "--digits", "5")  # 5 digits keeps the plain fast default
+    assert (cfg.n_layers, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (2, 50, "batch", 4800, 3e-3)
     cfg, _ = train.resolve(train.build_parser().parse_args(["--preset", "add_d6_l2_h3_t15K"]), train.build_parser())
     assert (cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.n_digits) == (510, 170, 2040, 6)  # the paper's sizes
     sd = small_model(d_model=40, d_head=7, d_mlp=50, n_heads=5).state_dict()

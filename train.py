@@ -58,23 +58,24 @@ for _p in PRESETS.values():
 # batch. Chosen with probes of the 5-digit adder, seeds 1-3 (docs/training.md): the old recipe (6,000 steps,
 # betas 0.9/0.98, 20% warm-up, no clipping) rose up to 960x above its running-minimum loss after warm-up and,
 # stopped at its first clean check, still made 23 errors in 10^6; clipping the gradient norm to 1 with beta2
-# 0.95 and a 10% warm-up cut the worst rise to 5-13x; and stopping at the first clean check mid-schedule left
-# 1-23 errors in 10^6 on 5 of 7 runs, where the 2,000-step schedule trained to its end (cosine to 0) left none
-# (seeds 2 and 3; `bench.py --seeds 5`: 5 of 5 verified). 10% short operands keep 00055+00045 right.
-# Subtraction takes as many steps as mixed batches: 6-digit subtractors verified on 4 of 5 seeds at 6,000
-# steps (the fifth: 1 sparse error, 000009-000015) and on 0 of 2 at 4,000 (42 and 1,461 errors); 6-digit
-# adders (2,500 steps, seeds 1-5) verified; a 6-digit mixed model (6,000 steps) kept 13 errors.
-# Sparse operands (a random set of columns cleared): 5% for the 5- and 10-digit adders. At 10 digits
-# without them the adder failed 39 of 442,036 sparse questions (a carry out of a lone column); with them,
-# 0 errors in 10^6 uniform, 10^6 enriched and every named and sparse set (seed 1). At 5 digits on two
-# threads they took the sweep from 4 of 5 seeds verified (seed 2: 50000+50000 = 0) to 5 of 5, median 43 s
-# to the first clean check. At 6 digits they cost a few uniform errors and the subtractor many
-# (docs/training.md), so there and for the other tasks the stream stays as before.
+# 0.95 and a 10% warm-up cut the worst rise to 5-13x there (other seeds: up to 73x); stopping mid-schedule
+# left 1-23 errors in 10^6 on 5 of 7 runs, the 2,000-step schedule trained to its end none. 10% short
+# operands keep 00055+00045 right. 6-digit adders (2,500 steps, seeds 1-5) verified. 6-digit subtractors
+# verified on 4 of 5 seeds at 6,000 steps (the fifth: 000009-000015 wrong); 9,000 steps, lr 2e-3, short
+# operands 20% or sparse 5% each mended a seed and broke another; lr 2e-3 with 8,000 steps: 4 of 5 too.
+# 6-digit mixed models (3 layers, 4 heads, 80% subtraction as the papers) with one operator per batch passed
+# 1 of 5 seeds at 8,000 steps and 1 of 2 at 16,000, nearly all errors additions (a batch in five); every
+# batch split 80/20 (--mix-by question) passed MIX_SEEDS.
+# Sparse operands (a random set of columns cleared), 5% for the 5- and 10-digit adders: at 10 digits they
+# mended 39 of 442,036 sparse questions (a carry out of a lone column; seed 1 then verified), at 5 digits
+# they took the two-thread sweep from 4 of 5 seeds verified (50000+50000 = 0) to 5 of 5, median 43 s to
+# the first clean check; at 6 digits they cost a few uniform errors and the subtractor many.
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
 FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 4800}  # at 5 digits; x1.25 per digit above 5
 # Settings measured for one (task, digits), over the fast defaults; the comment above gives their figures.
-MEASURED = {("add", 5): dict(p_sparse=0.05), ("add", 10): dict(p_sparse=0.05)}
+MEASURED = {("add", 5): dict(p_sparse=0.05), ("add", 10): dict(p_sparse=0.05),
+            ("mix", 6): dict(layers=3, heads=4, perc_sub=80, mix_by="question", steps=10_000)}
 
 
 @dataclass
@@ -295,6 +296,11 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--ask", nargs="+", metavar="QUESTION", help="with --checkpoint: answer questions such as "
                    "12345+67890 by generation, token by token ('-': one question a line from standard input)")
+    flag = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
+    p.epilog = ("Measured defaults for one task and size, over those above: " + "; ".join(
+        f"{t} {n} digits: " + ", ".join(f"{flag[k]} {v:g}" if isinstance(v, float) else f"{flag[k]} {v}"
+                                         for k, v in m.items()) for (t, n), m in MEASURED.items())
+        + " (docs/training.md). A flag wins over every default.")
     return p
 
 
