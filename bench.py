@@ -190,8 +190,12 @@ def sweep(args, rest):
     if "--check-every" not in rest:
         rest = [*rest, "--check-every", "250"]
     key = hashlib.sha256(" ".join(rest + ["--questions", str(args.questions)]).encode()).hexdigest()[:10]
-    cfg, tc = train.resolve(p.parse_args(rest), p)
-    device = pick_device(p.parse_args(rest).device)
+    flags = p.parse_args(rest)
+    cfg, tc = train.resolve(flags, p)
+    try:
+        device = pick_device(flags.device)
+    except ValueError as e:
+        p.error(str(e))
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, f"{tc.task}_d{tc.n_digits}_{key}.jsonl")
     rows = {}

@@ -166,7 +166,8 @@ def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator
     """A batch of fresh questions (B, 3n+4), drawn on the CPU from `gen` (so the same seed gives the same
     batches on any device). For 'mix', mix_by="batch" gives one operator for the whole batch, sub with
     probability perc_sub % (the papers' Math notebooks); mix_by="question" gives every batch
-    round(B * perc_sub / 100) subtraction questions and the rest additions (subtractions first).
+    round(B * perc_sub / 100) subtraction questions and the rest additions (subtractions first; each part
+    enriched and shortened on its own).
     `enrichment` is the papers' (`enrich`); `p_short` or `p_sparse` > 0 adds `shorten` after it (the fast
     default has short operands). Raises ValueError for an unknown task or mix_by."""
     if mix_by not in ("batch", "question"):

@@ -142,6 +142,11 @@ def test_enrichment_makes_cascades_common():
     assert s4(rich) > 5 * s4(plain)
 
 
+def resolve_flags(*flags):
+    """train.py's (Config, TrainConfig) for these command-line flags."""
+    return train.resolve(train.build_parser().parse_args(list(flags)), train.build_parser())
+
+
 def test_mixed_batches_by_batch_or_by_question():
     ops = lambda t: t[:, 3] == data.MINUS  # noqa: E731  (B,) subtraction? the operator sits after 3 digits
     whole = [data.random_batch("mix", 3, 50, torch.Generator().manual_seed(s), 80) for s in range(40)]
@@ -152,13 +157,15 @@ def test_mixed_batches_by_batch_or_by_question():
         assert b.shape == (50, 3 * 3 + 4) and int(ops(b).sum()) == n_sub and ops(b)[:n_sub].all()
         for q in data.decode(b):
             assert int(q[8:]) == (int(q[:3]) - int(q[4:7]) if q[3] == "-" else int(q[:3]) + int(q[4:7])), q
-    try:
-        data.random_batch("mix", 3, 5, torch.Generator(), mix_by="row")
-        raise AssertionError("an unknown mix_by was accepted")
-    except ValueError as e:
-        assert "mix_by" in str(e)
-    parse = lambda *f: train.resolve(train.build_parser().parse_args(["--task", "mix", *f]), train.build_parser())[1]  # noqa: E731
-    assert parse().mix_by == "batch" and parse("--mix-by", "question").mix_by == "question"
+    for bad in (lambda: data.random_batch("mix", 3, 5, torch.Generator(), mix_by="row"),
+                lambda: train.TrainConfig(task="mix", mix_by="row")):
+        try:
+            bad()
+            raise AssertionError("an unknown mix_by was accepted")
+        except ValueError as e:
+            assert "mix_by" in str(e)
+    assert resolve_flags("--task", "mix")[1].mix_by == "batch"
+    assert resolve_flags("--task", "mix", "--mix-by", "question")[1].mix_by == "question"
 
 
 def test_short_and_sparse_operands():
@@ -1210,23 +1217,23 @@ def expect_value_error(fn, *words):
 
 def test_config_defaults_are_the_laptop_model():
     cfg = Config(n_digits=5)
-    command, _ = train.resolve(train.build_parser().parse_args([]), train.build_parser())  # `python train.py`
+    command, _ = resolve_flags()  # `python train.py`
     assert cfg == command and (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == (2, 3, 64, 16, 256)
     sparse = {}  # the measured sparse-operand shares: the 5- and 10-digit adders only; a flag wins
     for flags in (["--task", "add"], ["--task", "sub"], ["--task", "mix"], ["--digits", "6"], ["--digits", "10"],
                   ["--task", "sub", "--digits", "10"], ["--sparse-operands", "0"]):
-        sparse[" ".join(flags)] = train.resolve(train.build_parser().parse_args(flags), train.build_parser())[1].p_sparse
+        sparse[" ".join(flags)] = resolve_flags(*flags)[1].p_sparse
     assert sparse == {"--task add": 0.05, "--task sub": 0.0, "--task mix": 0.0, "--digits 6": 0.0,
                       "--digits 10": 0.05, "--task sub --digits 10": 0.0, "--sparse-operands 0": 0.0}
-    resolved = lambda *f: train.resolve(train.build_parser().parse_args(list(f)), train.build_parser())  # noqa: E731
-    cfg, tc = resolved("--task", "mix", "--digits", "6")  # the measured 6-digit recipes, and a flag wins
+    cfg, tc = resolve_flags("--task", "mix", "--digits", "6")  # the measured 6-digit recipes, and a flag wins
     assert (cfg.n_layers, cfg.n_heads, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (3, 4, 80, "question", 10_000, 3e-3)
-    cfg, tc = resolved("--task", "mix", "--digits", "6", "--layers", "2", "--mix-by", "batch", "--steps", "50")
+    cfg, tc = resolve_flags("--task", "mix", "--digits", "6", "--layers", "2", "--mix-by", "batch", "--steps", "50")
     assert (cfg.n_layers, cfg.n_heads, tc.mix_by, tc.steps) == (2, 4, "batch", 50)
-    assert (resolved("--task", "sub", "--digits", "6")[1].steps, resolved("--task", "sub", "--digits", "6")[1].lr) == (6000, 3e-3)
-    cfg, tc = resolved("--task", "mix", "--digits", "5")  # 5 digits keeps the plain fast default
+    _, tc = resolve_flags("--task", "sub", "--digits", "6")
+    assert (tc.steps, tc.lr, tc.eps) == (6000, 3e-3, 1e-8) and resolve_flags("--eps", "1e-6")[1].eps == 1e-6
+    cfg, tc = resolve_flags("--task", "mix", "--digits", "5")  # 5 digits keeps the plain fast default
     assert (cfg.n_layers, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (2, 50, "batch", 4800, 3e-3)
-    cfg, _ = train.resolve(train.build_parser().parse_args(["--preset", "add_d6_l2_h3_t15K"]), train.build_parser())
+    cfg, _ = resolve_flags("--preset", "add_d6_l2_h3_t15K")
     assert (cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.n_digits) == (510, 170, 2040, 6)  # the paper's sizes
     sd = small_model(d_model=40, d_head=7, d_mlp=50, n_heads=5).state_dict()
     got = model_lib.config_from_tl_state_dict(sd)  # nothing falls back to a default
@@ -1703,8 +1710,6 @@ def test_loss_rise_finds_a_jump_after_warm_up_and_ignores_one_during_it():
     early = list(calm)
     early[5:15] = [10.0] * 10  # a jump inside the warm-up is not counted
     assert bench.loss_rise(early, skip=40) == (1.0, 0) and bench.loss_rise(calm[:10], skip=0) == (1.0, 0)
-    eps = train.resolve(train.build_parser().parse_args(["--eps", "1e-6"]), train.build_parser())[1].eps
-    assert eps == 1e-6 and train.TrainConfig().eps == 1e-8  # the flag reaches the optimizer's settings
 
 
 def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
@@ -1729,6 +1734,7 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         assert [json.loads(line)["seed"] for line in open(os.path.join(d, name))] == [2]
         assert "seed 1: not finished" in log.getvalue() and "not finished: seed 1" in log.getvalue()
     assert "drop --seed" in cli_error(bench.main, ["--seeds", "2", "--seed", "4"])
+    assert "unknown device 'tpu'" in cli_error(bench.main, ["--seeds", "1", "--device", "tpu"])
     assert "--first-seed 3: must be between 1 and --seeds" in cli_error(bench.main, ["--seeds", "2", "--first-seed", "3"])
 
 

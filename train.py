@@ -102,6 +102,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # a list from JSON is the same setting
+        if self.mix_by not in ("batch", "question"):
+            raise ValueError(f"mix_by must be batch or question, not {self.mix_by!r}")
         if self.until_verified and self.check_every <= 0:
             raise ValueError("until_verified needs check_every > 0 (steps between checks)")
 
@@ -298,8 +300,7 @@ def build_parser():
                    "12345+67890 by generation, token by token ('-': one question a line from standard input)")
     flag = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
     p.epilog = ("Measured defaults for one task and size, over those above: " + "; ".join(
-        f"{t} {n} digits: " + ", ".join(f"{flag[k]} {v:g}" if isinstance(v, float) else f"{flag[k]} {v}"
-                                         for k, v in m.items()) for (t, n), m in MEASURED.items())
+        f"{t} {n} digits: " + ", ".join(f"{flag[k]} {v}" for k, v in m.items()) for (t, n), m in MEASURED.items())
         + " (docs/training.md). A flag wins over every default.")
     return p
 
@@ -314,11 +315,10 @@ def resolve(args, p):
             p.error(f"preset {args.preset} grows an addition model: run it with reuse.py")
     else:
         task, digits = args.task or "add", args.digits or 5
-        base = dict(FAST, task=task, digits=5, perc_sub=50, p_sparse=0.0,
+        base = dict(FAST, task=task, digits=digits, perc_sub=50, p_sparse=0.0,
                     steps=int(FAST_STEPS[task] * 1.25 ** max(0, digits - 5)))  # more digits, more steps
         base.update(MEASURED.get((task, digits), {}))
-    explicit = {k: v for k, v in vars(args).items() if v is not None and k in
-                TRAIN_FLAGS[:-1]}
+    explicit = {k: v for k, v in vars(args).items() if v is not None and k in TRAIN_FLAGS[:-1]}
     b = {**base, **explicit}
     if not 1 <= b["digits"] <= data.MAX_DIGITS:
         p.error(f"--digits must be from 1 to {data.MAX_DIGITS}, not {b['digits']}")
