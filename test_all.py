@@ -1229,8 +1229,9 @@ def test_config_defaults_are_the_laptop_model():
     assert (cfg.n_layers, cfg.n_heads, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (3, 4, 80, "question", 10_000, 3e-3)
     cfg, tc = resolve_flags("--task", "mix", "--digits", "6", "--layers", "2", "--mix-by", "batch", "--steps", "50")
     assert (cfg.n_layers, cfg.n_heads, tc.mix_by, tc.steps) == (2, 4, "batch", 50)
-    _, tc = resolve_flags("--task", "sub", "--digits", "6")
-    assert (tc.steps, tc.lr, tc.eps) == (6000, 3e-3, 1e-8) and resolve_flags("--eps", "1e-6")[1].eps == 1e-6
+    cfg, tc = resolve_flags("--task", "sub", "--digits", "6")
+    assert (cfg.n_layers, cfg.n_heads, tc.steps, tc.lr, tc.eps) == (3, 4, 6000, 3e-3, 1e-8)
+    assert resolve_flags("--eps", "1e-6")[1].eps == 1e-6 and resolve_flags("--task", "sub")[0].n_layers == 2
     cfg, tc = resolve_flags("--task", "mix", "--digits", "5")  # 5 digits keeps the plain fast default
     assert (cfg.n_layers, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (2, 50, "batch", 4800, 3e-3)
     cfg, _ = resolve_flags("--preset", "add_d6_l2_h3_t15K")
