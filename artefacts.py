@@ -212,10 +212,10 @@ def describe(cfg: Config, tc, device, n_params, threads) -> str:
         f"model:    {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, d_head {cfg.d_head}, "
         f"d_mlp {cfg.d_mlp}, {cfg.n_digits} digits: {n_params:,} parameters",
         f"task:     {tc.task}" + (f", {tc.perc_sub:g}% of {shares[tc.mix_by]} subtraction" if tc.task == "mix" else "")
-        + f"; enrichment {'on' if tc.enrichment else 'off'}, {tc.p_short:.0%} short operands"
+        + f"; enrichment {f'on (by {tc.enrich_by})' if tc.enrichment else 'off'}, {tc.p_short:.0%} short operands"
         + (f", {tc.p_sparse:.0%} sparse operands" if tc.p_sparse else ""),
-        f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW lr {tc.lr:g} (warm-up {tc.warmup:.0%}, "
-        f"then cosine), betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "
+        f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW{' (AMSGrad)' * tc.amsgrad} lr {tc.lr:g} "
+        f"(warm-up {tc.warmup:.0%}, then cosine), betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "
         f"gradient clipping {f'to norm {tc.clip:g}' if tc.clip else 'off'}",
         f"checks:   {checks}",
         f"seed {tc.seed}, device {device}, {threads} thread(s)"])

@@ -110,32 +110,40 @@ def parse_questions(tokens: torch.Tensor, n_digits: int):
 # ----------------------------------------------------------------------------- random batches
 
 
-def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negative=0.2):
+def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negative=0.2, by="batch"):
     """Make rare, hard questions common (the Math_Train notebook's enrichment). x, y: (B, n) digits, edited in place.
 
     Uniform digits almost never produce long carry cascades (a 4-level cascade needs four sum-9 columns
     in a row: about 1 question in 10^4). With probability p_batch a batch is enriched: p_cell of its
     digit cells are rewritten so that the column sums to 9 (addition: the carry-cascade trigger) or the
     two digits are equal (subtraction: the borrow-cascade trigger). For subtraction, with probability
-    p_negative (before that) every y digit below 9 is raised by one, for more negative answers."""
-    r = torch.rand((), generator=gen).item()
-    if op == "sub" and r < p_negative:
-        y[y < 9] += 1
-    if r >= p_batch:
-        return x, y
+    p_negative (before that) every y digit below 9 is raised by one, for more negative answers.
+    by="question" (not in the papers) draws all of this per question instead of per batch: every batch
+    then holds about p_batch enriched questions, each cell of them rewritten with probability p_cell.
+    Raises ValueError for another `by`."""
+    if by not in ("batch", "question"):
+        raise ValueError(f"unknown enrich_by {by!r} (use batch or question)")
     B, n = x.shape
-    cells = torch.randperm(B * n, generator=gen)[:int(p_cell * B * n)].to(x.device)
-    xf, yf = x.view(-1), y.view(-1)
-    first = torch.rand((), generator=gen).item() < 0.5
-    if op == "add":
-        if first:
-            xf[cells] = 9 - yf[cells]
-        else:
-            yf[cells] = 9 - xf[cells]
-    elif first:
-        xf[cells] = yf[cells]
+    if by == "question":
+        r = torch.rand(B, 1, generator=gen)                                        # (B, 1)
+        cells = (r < p_batch) & (torch.rand(B, n, generator=gen) < p_cell)         # (B, n)
+        first = (torch.rand(B, 1, generator=gen) < 0.5).expand(B, n)               # (B, n): rewrite x, else y
     else:
-        yf[cells] = xf[cells]
+        r = torch.rand((), generator=gen)
+        if r >= p_batch:
+            cells = torch.zeros(B, n, dtype=torch.bool)
+            first = torch.ones(B, n, dtype=torch.bool)
+        else:
+            cells = torch.zeros(B * n, dtype=torch.bool)
+            cells[torch.randperm(B * n, generator=gen)[:int(p_cell * B * n)]] = True
+            cells = cells.view(B, n)
+            first = (torch.rand((), generator=gen) < 0.5).expand(B, n)
+    if op == "sub":
+        y += ((r < p_negative) & (y < 9)).long()  # before the rewrite, as the notebook
+    cells, first = cells.to(x.device), first.to(x.device)
+    rewrite_x, rewrite_y = cells & first, cells & ~first
+    x[rewrite_x] = (9 - y if op == "add" else y)[rewrite_x]
+    y[rewrite_y] = (9 - x if op == "add" else x)[rewrite_y]
     return x, y
 
 
@@ -162,19 +170,21 @@ def shorten(x, y, gen: torch.Generator, p_short=0.1, p_sparse=0.0):
 
 def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator, perc_sub: float = 50,
                  enrichment: bool = True, device="cpu", p_short: float = 0.0, p_sparse: float = 0.0,
-                 mix_by: str = "batch") -> torch.Tensor:
+                 mix_by: str = "batch", enrich_by: str = "batch") -> torch.Tensor:
     """A batch of fresh questions (B, 3n+4), drawn on the CPU from `gen` (so the same seed gives the same
     batches on any device). For 'mix', mix_by="batch" gives one operator for the whole batch, sub with
     probability perc_sub % (the papers' Math notebooks); mix_by="question" gives every batch
     round(B * perc_sub / 100) subtraction questions and the rest additions (subtractions first; each part
     enriched and shortened on its own).
-    `enrichment` is the papers' (`enrich`); `p_short` or `p_sparse` > 0 adds `shorten` after it (the fast
-    default has short operands). Raises ValueError for an unknown task or mix_by."""
+    `enrichment` is the papers' (`enrich`, drawn per batch; enrich_by="question": per question); `p_short`
+    or `p_sparse` > 0 adds `shorten` after it (the fast default has short operands). Raises ValueError for
+    an unknown task, mix_by or enrich_by."""
     if mix_by not in ("batch", "question"):
         raise ValueError(f"unknown mix_by {mix_by!r} (use batch or question)")
     if task == "mix" and mix_by == "question":
         n_sub = round(batch_size * perc_sub / 100)
-        parts = [random_batch(op, n_digits, n, gen, enrichment=enrichment, p_short=p_short, p_sparse=p_sparse)
+        parts = [random_batch(op, n_digits, n, gen, enrichment=enrichment, p_short=p_short, p_sparse=p_sparse,
+                              enrich_by=enrich_by)
                  for op, n in (("sub", n_sub), ("add", batch_size - n_sub)) if n > 0]
         return torch.cat(parts).to(device)  # (B, 3n+4)
     if task == "mix":
@@ -184,7 +194,7 @@ def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator
     x = torch.randint(0, 10, (batch_size, n_digits), generator=gen)
     y = torch.randint(0, 10, (batch_size, n_digits), generator=gen)
     if enrichment:
-        enrich(x, y, task, gen)
+        enrich(x, y, task, gen, by=enrich_by)
     if p_short + p_sparse > 0:
         shorten(x, y, gen, p_short, p_sparse)
     return make_questions(value_of(x), value_of(y), task, n_digits).to(device)

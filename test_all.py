@@ -142,6 +142,21 @@ def test_enrichment_makes_cascades_common():
     assert s4(rich) > 5 * s4(plain)
 
 
+def test_enrichment_by_batch_or_by_question():
+    def shares(op, by):  # per batch of 400: the share of cells that trigger a cascade (sum 9 / equal digits)
+        gen, out = torch.Generator().manual_seed(1), []
+        for _ in range(30):
+            x, y = torch.randint(0, 10, (400, 5), generator=gen), torch.randint(0, 10, (400, 5), generator=gen)
+            data.enrich(x, y, op, gen, by=by)
+            out.append(((x + y == 9) if op == "add" else (x == y)).float().mean().item())
+        return torch.tensor(out)
+    for op in ("add", "sub"):
+        whole, mixed = shares(op, "batch"), shares(op, "question")
+        assert whole.min() < 0.15 and whole.max() > 0.4  # some batches plain (~0.1), some enriched (~0.46)
+        assert 0.27 < mixed.min() and mixed.max() < 0.36  # every batch near 0.6 x 0.4 + 0.1 x 0.76 = 0.316
+    expect_value_error(lambda: train.TrainConfig(enrich_by="column"), "enrich_by", "batch or question")
+
+
 def resolve_flags(*flags):
     """train.py's (Config, TrainConfig) for these command-line flags."""
     return train.resolve(train.build_parser().parse_args(list(flags)), train.build_parser())
@@ -1232,6 +1247,7 @@ def test_config_defaults_are_the_laptop_model():
     cfg, tc = resolve_flags("--task", "sub", "--digits", "6")
     assert (cfg.n_layers, cfg.n_heads, tc.steps, tc.lr, tc.eps) == (3, 4, 6000, 3e-3, 1e-8)
     assert resolve_flags("--eps", "1e-6")[1].eps == 1e-6 and resolve_flags("--task", "sub")[0].n_layers == 2
+    assert (resolve_flags()[1].amsgrad, resolve_flags("--amsgrad")[1].amsgrad) == (False, True)
     cfg, tc = resolve_flags("--task", "mix", "--digits", "5")  # 5 digits keeps the plain fast default
     assert (cfg.n_layers, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (2, 50, "batch", 4800, 3e-3)
     cfg, _ = resolve_flags("--preset", "add_d6_l2_h3_t15K")
@@ -1239,6 +1255,15 @@ def test_config_defaults_are_the_laptop_model():
     sd = small_model(d_model=40, d_head=7, d_mlp=50, n_heads=5).state_dict()
     got = model_lib.config_from_tl_state_dict(sd)  # nothing falls back to a default
     assert (got.d_model, got.d_head, got.d_mlp, got.n_heads, got.n_digits) == (40, 7, 50, 5, 3)
+
+
+def test_amsgrad_reaches_the_optimizer():
+    for ams in (False, True):
+        model = small_model()
+        tc = train.TrainConfig(task="add", n_digits=3, steps=2, batch_size=8, amsgrad=ams)
+        state = train.train(model, tc, progress=False)["state"]["optimizer"]
+        assert state["param_groups"][0]["amsgrad"] is ams
+        assert all(("max_exp_avg_sq" in s) is ams for s in state["state"].values())
 
 
 def test_names_filter_and_cache_shorthands():

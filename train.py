@@ -54,23 +54,17 @@ PRESETS = {
 for _p in PRESETS.values():
     _p.update(PAPER)
 
-# The fast default for a laptop CPU: a model ~1/65 the paper's size, a large learning rate and a larger
-# batch. Chosen with probes of the 5-digit adder, seeds 1-3 (docs/training.md): the old recipe (6,000 steps,
-# betas 0.9/0.98, 20% warm-up, no clipping) rose up to 960x above its running-minimum loss after warm-up and,
-# stopped at its first clean check, still made 23 errors in 10^6; clipping the gradient norm to 1 with beta2
-# 0.95 and a 10% warm-up cut the worst rise to 5-13x there (other seeds: up to 73x); stopping mid-schedule
-# left 1-23 errors in 10^6 on 5 of 7 runs, the 2,000-step schedule trained to its end none. 10% short
-# operands keep 00055+00045 right. 6-digit adders (2,500 steps, seeds 1-5) verified. 6-digit subtractors
-# of 2 layers, 3 heads verified on 4 of 5 seeds at 6,000 steps (the fifth: 000009-000015 wrong); 9,000
-# steps, lr 2e-3, short operands 20% or sparse 5% each mended a seed and broke another; lr 2e-3 with 8,000
-# steps: 4 of 5 too; 3 layers and 4 heads (the mixed model's shape), 6,000 steps: 5 of 5.
-# 6-digit mixed models (3 layers, 4 heads, 80% subtraction as the papers) with one operator per batch passed
-# 1 of 5 seeds at 8,000 steps and 1 of 2 at 16,000, nearly all errors additions (a batch in five); every
-# batch split 80/20 (--mix-by question): 4 of 5 at 10,000 steps (10^5 questions; seed 1 verified at 10^6).
-# Sparse operands (a random set of columns cleared), 5% for the 5- and 10-digit adders: at 10 digits they
-# mended 39 of 442,036 sparse questions (a carry out of a lone column; seed 1 then verified), at 5 digits
-# they took the two-thread sweep from 4 of 5 seeds verified (50000+50000 = 0) to 5 of 5, median 43 s to
-# the first clean check; at 6 digits they cost a few uniform errors and the subtractor many.
+# The fast default for a laptop CPU (the figures: docs/training.md): a model ~1/65 the papers' size, lr 3e-3,
+# batch 256. Clipping the gradient norm to 1, beta2 0.95 and a 10% warm-up cut the old recipe's (6,000 steps,
+# beta2 0.98, 20% warm-up, no clipping) worst loss rise after warm-up from 960x to 5-73x; a schedule trained
+# to its end (cosine to 0) left no error in 10^6 where stopping mid-schedule left 1-23 on 5 of 7 runs. Adam's
+# eps (1e-7 to 1e-4), AMSGrad, clipping at 0.1, lr 1e-3 or 2e-3, betas 0.9/0.9 or 0.9/0.99, batch 512 and
+# enrichment per question each left a seed above 10x or learned too slowly to verify. 10% short operands keep
+# 00055+00045 right; 5% sparse ones took the 5-digit adder from 4 to 5 of 5 seeds verified (50000+50000) and
+# mended the 10-digit one, but cost 6-digit models errors. 6-digit adders: 5 of 5 at 2,500 steps. 6-digit
+# subtractors: 2 layers, 3 heads gave 4 of 5 under every knob tried, 3 layers and 4 heads 5 of 5. 6-digit mixed
+# models (3 layers, 4 heads, 80% subtraction as the papers): one operator per batch 1 of 5 at 8,000 steps,
+# every batch split 80/20 (--mix-by question) 5 of 5 at 10,000 steps (10^6 questions).
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
 FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 4800}  # at 5 digits; x1.25 per digit above 5
@@ -92,19 +86,22 @@ class TrainConfig:
     warmup: float = 0.2        # share of steps spent warming up linearly from 1% of lr
     seed: int = 1
     enrichment: bool = True
+    enrich_by: str = "batch"   # the papers enrich a batch in 60%; "question": every batch ~60% enriched questions
     p_short: float = 0.0       # share of questions with short operands (data.shorten); the papers: 0
     p_sparse: float = 0.0      # share of questions with sparse operands (data.shorten); the papers: 0
     clip: float = 0.0          # clip the gradient's global L2 norm to this (0 = off; the papers: off)
     betas: tuple = (0.9, 0.98)  # AdamW's (beta1, beta2), as the papers
     eps: float = 1e-8          # AdamW's epsilon, added to the root of the second moment (PyTorch's default)
+    amsgrad: bool = False      # AdamW divides by the largest second moment so far (Reddi et al. 2018)
     check_every: int = 0       # steps between checks on fresh and named questions (0 = no checks)
     until_verified: bool = False  # stop at the first check with zero errors (needs check_every > 0)
     check_questions: int = 2000  # fresh uniform and enriched questions per operation per check
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # a list from JSON is the same setting
-        if self.mix_by not in ("batch", "question"):
-            raise ValueError(f"mix_by must be batch or question, not {self.mix_by!r}")
+        for key in ("mix_by", "enrich_by"):
+            if getattr(self, key) not in ("batch", "question"):
+                raise ValueError(f"{key} must be batch or question, not {getattr(self, key)!r}")
         if self.until_verified and self.check_every <= 0:
             raise ValueError("until_verified needs check_every > 0 (steps between checks)")
 
@@ -178,7 +175,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
     gen = torch.Generator().manual_seed(tc.seed + 1)  # data; the init generator is seeded with tc.seed
     check_gen = torch.Generator().manual_seed(tc.seed + 2_000_003)  # checks: apart from training's data
     # fused: one kernel for all parameters instead of ~10 per tensor (profiled: 5.6 -> 1.4 ms of a CPU step)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.eps,
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.eps, amsgrad=tc.amsgrad,
                             weight_decay=tc.weight_decay, fused=torch.device(device).type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc.steps, tc.warmup))
     losses = torch.zeros(tc.steps, tc.n_digits + 2, dtype=torch.float64, device=device)
@@ -203,7 +200,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
                 interrupted = bool(stop)
                 break
             tokens = data.random_batch(tc.task, tc.n_digits, tc.batch_size, gen, tc.perc_sub,
-                                       tc.enrichment, device, tc.p_short, tc.p_sparse, tc.mix_by)
+                                       tc.enrichment, device, tc.p_short, tc.p_sparse, tc.mix_by, tc.enrich_by)
             logits = model(tokens, read)  # (B, n+2, V): the loss reads only the answer positions
             per_pos = answer_nll(logits, tokens, tc.n_digits).mean(0)  # (n+2,)
             loss = per_pos.mean()
@@ -245,7 +242,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
 
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
                "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "clip", "betas", "eps",
-               "mix_by", "check_every", "check_questions", "until_verified", "preset")
+               "amsgrad", "mix_by", "enrich_by", "check_every", "check_questions", "until_verified", "preset")
 
 
 def build_parser():
@@ -269,11 +266,15 @@ def build_parser():
     p.add_argument("--betas", type=positive(float), nargs=2, metavar=("BETA1", "BETA2"),
                    help="AdamW betas (default 0.9 0.95; presets 0.9 0.98, as the papers)")
     p.add_argument("--eps", type=positive(float), help="AdamW epsilon (default 1e-8, as PyTorch and the papers)")
+    p.add_argument("--amsgrad", action="store_true", default=None, help="AdamW divides by the largest second "
+                   "moment so far, not the running one (default off, as the papers)")
     p.add_argument("--clip", type=bounded(0), help="clip the gradient's L2 norm to this, 0 = off (default 1; presets 0)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
     p.add_argument("--perc-sub", type=float, help="mix: %% of batches (or questions) that are subtraction (default 50)")
     p.add_argument("--mix-by", choices=["batch", "question"], help="mix: one operator per batch, as the papers, or "
                    "every batch split by --perc-sub (default batch)")
+    p.add_argument("--enrich-by", choices=["batch", "question"], help="enrich 60%% of batches, as the papers, or "
+                   "about 60%% of the questions of every batch (default batch)")
     p.add_argument("--short-operands", dest="p_short", type=float,
                    help="share of questions whose top digits are zeroed, 0 to 1 (default 0.1; paper 0)")
     p.add_argument("--sparse-operands", dest="p_sparse", type=float,
@@ -342,7 +343,8 @@ def resolve(args, p):
                      lr=b["lr"], weight_decay=b["weight_decay"], perc_sub=perc, seed=b["seed"],
                      p_short=b.get("p_short", 0.0), p_sparse=b.get("p_sparse", 0.0), warmup=b.get("warmup", defaults.warmup),
                      clip=b.get("clip", defaults.clip), betas=tuple(b.get("betas", defaults.betas)),
-                     eps=b.get("eps", defaults.eps), mix_by=b.get("mix_by", defaults.mix_by),
+                     eps=b.get("eps", defaults.eps), amsgrad=bool(b.get("amsgrad")), mix_by=b.get("mix_by", defaults.mix_by),
+                     enrich_by=b.get("enrich_by", defaults.enrich_by),
                      check_every=check_every, until_verified=bool(b.get("until_verified")),
                      check_questions=b.get("check_questions", defaults.check_questions))
     return cfg, tc
