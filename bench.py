@@ -17,7 +17,8 @@ operation (default 10^6, the papers' check) and on every named set, and the loss
 warm-up (loss_rise); "K of N seeds verified" counts seeds with zero errors there. `--device cuda` trains
 and checks on a GPU. Each seed's result is appended to a JSON-lines file under --results the moment
 it finishes; a rerun with the same flags skips the seeds already there, and `--first-seed S` leaves seeds
-below S to another process (two sweeps side by side, one per core, then one rerun for the summary).
+below S to another process (two sweeps side by side, one per core); a sweep's summary counts every seed
+on disk when it ends, those the other process finished included.
 Left out on purpose: GPU speed figures (the targets are a laptop's) and timed assertions in tests.
 """
 import argparse
@@ -198,10 +199,12 @@ def sweep(args, rest):
         p.error(str(e))
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, f"{tc.task}_d{tc.n_digits}_{key}.jsonl")
-    rows = {}
-    if os.path.exists(path):
+    def done():  # {seed: result} of the runs with these flags on disk, those of processes beside this one too
+        if not os.path.exists(path):
+            return {}
         with open(path) as f:
-            rows = {r["seed"]: r for r in map(json.loads, f) if r.get("flags") == rest}
+            return {r["seed"]: r for r in map(json.loads, f) if r.get("flags") == rest}
+    rows = done()
     print(f"results: {path} ({len(rows)} seed(s) done before); flags: {' '.join(rest)}")
     for seed in range(1, args.seeds + 1):
         if seed < args.first_seed and seed not in rows:
@@ -237,6 +240,7 @@ def sweep(args, rest):
         print(f"seed {seed}: {to}; trained {r['steps']:,} steps in {r['train_seconds']:.0f} s{rise}; "
               f"{r['questions']:,} uniform per operation + named sets: "
               + (f"errors {wrong}, e.g. {'; '.join(r['failures'][:3])}" if wrong else "no errors"))
+    rows = {**done(), **rows}  # seeds that another process finished meanwhile count in the summary
     ok = [r for s, r in rows.items() if s <= args.seeds and not any(r["errors"].values())]
     times = sorted(r["seconds_to_verified"] for s, r in rows.items() if s <= args.seeds and r["verified_step"])
     missing = [s for s in range(1, args.seeds + 1) if s not in rows]

@@ -1759,6 +1759,24 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         (name,) = os.listdir(d)
         assert [json.loads(line)["seed"] for line in open(os.path.join(d, name))] == [2]
         assert "seed 1: not finished" in log.getvalue() and "not finished: seed 1" in log.getvalue()
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:
+        assert bench.main(["--seeds", "1", *flags, "--results", d]) == 0
+        (name,) = os.listdir(d)
+        path, real = os.path.join(d, name), train.train
+        seed1 = open(path).read()
+        os.remove(path)
+
+        def beside(*a, **k):  # another process finishes seed 1 while this one trains seed 2
+            with open(path, "a") as f:
+                f.write(seed1)
+            return real(*a, **k)
+        train.train = beside
+        try:
+            assert bench.main(["--seeds", "2", "--first-seed", "2", *flags, "--results", d]) == 0
+        finally:
+            train.train = real
+        summary = log.getvalue().splitlines()[-1]
+        assert "of 2 seeds verified" in summary and "not finished" not in summary  # seed 1 counted at the end
     assert "drop --seed" in cli_error(bench.main, ["--seeds", "2", "--seed", "4"])
     assert "unknown device 'tpu'" in cli_error(bench.main, ["--seeds", "1", "--device", "tpu"])
     assert "--first-seed 3: must be between 1 and --seeds" in cli_error(bench.main, ["--seeds", "2", "--first-seed", "3"])
