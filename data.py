@@ -130,6 +130,8 @@ def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negat
         first = (torch.rand(B, 1, generator=gen) < 0.5).expand(B, n)               # (B, n): rewrite x, else y
     else:
         r = torch.rand((), generator=gen)
+        if r >= max(p_batch, p_negative if op == "sub" else 0):
+            return x, y  # a plain batch: nothing to rewrite
         if r >= p_batch:
             cells = torch.zeros(B, n, dtype=torch.bool)
             first = torch.ones(B, n, dtype=torch.bool)
