@@ -124,26 +124,19 @@ def enrich(x, y, op: str, gen: torch.Generator, p_batch=0.6, p_cell=0.4, p_negat
     if by not in ("batch", "question"):
         raise ValueError(f"unknown enrich_by {by!r} (use batch or question)")
     B, n = x.shape
-    if by == "question":
-        r = torch.rand(B, 1, generator=gen)                                        # (B, 1)
-        cells = (r < p_batch) & (torch.rand(B, n, generator=gen) < p_cell)         # (B, n)
-        first = (torch.rand(B, 1, generator=gen) < 0.5).expand(B, n)               # (B, n): rewrite x, else y
-    else:
-        r = torch.rand((), generator=gen)
-        if r >= max(p_batch, p_negative if op == "sub" else 0):
-            return x, y  # a plain batch: nothing to rewrite
-        if r >= p_batch:
-            cells = torch.zeros(B, n, dtype=torch.bool)
-            first = torch.ones(B, n, dtype=torch.bool)
-        else:
-            cells = torch.zeros(B * n, dtype=torch.bool)
-            cells[torch.randperm(B * n, generator=gen)[:int(p_cell * B * n)]] = True
-            cells = cells.view(B, n)
-            first = (torch.rand((), generator=gen) < 0.5).expand(B, n)
+    r = torch.rand(B, 1, generator=gen) if by == "question" else torch.rand((), generator=gen)  # (B, 1) or ()
     if op == "sub":
         y += ((r < p_negative) & (y < 9)).long()  # before the rewrite, as the notebook
-    cells, first = cells.to(x.device), first.to(x.device)
-    rewrite_x, rewrite_y = cells & first, cells & ~first
+    if by == "question":
+        cells = (r < p_batch) & (torch.rand(B, n, generator=gen) < p_cell)  # (B, n)
+    elif r >= p_batch:
+        return x, y  # a plain batch
+    else:
+        cells = torch.zeros(B * n, dtype=torch.bool)
+        cells[torch.randperm(B * n, generator=gen)[:int(p_cell * B * n)]] = True
+        cells = cells.view(B, n)
+    first = torch.rand(r.shape, generator=gen) < 0.5  # rewrite x, else y: per question or per batch
+    rewrite_x, rewrite_y = cells & first, cells & ~first  # (B, n)
     x[rewrite_x] = (9 - y if op == "add" else y)[rewrite_x]
     y[rewrite_y] = (9 - x if op == "add" else x)[rewrite_y]
     return x, y
