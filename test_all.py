@@ -1174,10 +1174,25 @@ def _interrupt_at(step):
     return hook
 
 
+def test_loss_scaled_schedule_shrinks_with_the_loss_and_never_grows_back():
+    plain, scaled = train.Schedule(100, 0.1), train.Schedule(100, 0.1, loss_ref=1e-2)
+    assert [plain(s) for s in range(100)] == [train.lr_factor(s, 100, 0.1) for s in range(100)]
+    for loss in [1.0] * 50 + [1e-4] * 200:  # the 10-step average falls to ~1e-4
+        scaled.observe(loss)
+    assert scaled(5) == train.lr_factor(5, 100, 0.1)  # warm-up is never scaled
+    assert 0.09 < scaled(50) / train.lr_factor(50, 100, 0.1) < 0.11  # sqrt(1e-4 / 1e-2)
+    for _ in range(20):
+        scaled.observe(1.0)  # a jump back up keeps the lowest loss, so lr stays down
+    assert 0.09 < scaled(50) / train.lr_factor(50, 100, 0.1) < 0.11
+    p = train.build_parser()
+    assert train.resolve(p.parse_args(["--task", "add", "--digits", "5"]), p)[1].lr_loss_ref == 0  # off by default
+    assert train.resolve(p.parse_args(["--lr-loss-ref", "1e-2"]), p)[1].lr_loss_ref == 1e-2
+
+
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run():
     cfg = Config(n_digits=2, n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32)
     tc = train.TrainConfig(task="mix", n_digits=2, steps=40, batch_size=16, seed=5, clip=1.0, check_every=10,
-                           check_questions=50)
+                           check_questions=50, lr_loss_ref=5.0)  # the loss-scaled lr's state must resume too
     whole = Transformer(cfg, torch.Generator().manual_seed(5))
     h_whole = train.train(whole, tc, progress=False)
     part = Transformer(cfg, torch.Generator().manual_seed(5))

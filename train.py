@@ -59,7 +59,9 @@ for _p in PRESETS.values():
 # beta2 0.98, 20% warm-up, no clipping) worst loss rise after warm-up from 960x to 5-73x; a schedule trained
 # to its end (cosine to 0) left no error in 10^6 where stopping mid-schedule left 1-23 on 5 of 7 runs. Adam's
 # eps (1e-7 to 1e-4), AMSGrad, clipping at 0.1, lr 1e-3 or 2e-3, betas 0.9/0.9 or 0.9/0.99, batch 512 and
-# enrichment per question each left a seed above 10x or learned too slowly to verify. 10% short operands keep
+# enrichment per question each left a seed above 10x or learned too slowly to verify; scaling lr by
+# sqrt(loss / 1e-2) after warm-up (--lr-loss-ref) took 5 of 5 seeds of the 5-digit adder to 1.8-4.2x but
+# left one of them an error in 10^6 (90054+52848), so it is an option, not the default. 10% short operands keep
 # 00055+00045 right; 5% sparse ones took the 5-digit adder from 4 to 5 of 5 seeds verified (50000+50000) and
 # mended the 10-digit one, but cost 6-digit models errors. 6-digit adders: 5 of 5 at 2,500 steps. 6-digit
 # subtractors: 2 layers, 3 heads gave 4 of 5 under every knob tried, 3 layers and 4 heads 5 of 5. Mixed (3
@@ -83,6 +85,7 @@ class TrainConfig:
     perc_sub: float = 50       # mix only: % of batches (or of questions, mix_by="question") that are subtraction
     mix_by: str = "batch"      # mix only: one operator per batch (the papers) or per question
     warmup: float = 0.2        # share of steps spent warming up linearly from 1% of lr
+    lr_loss_ref: float = 0.0   # after warm-up, lr x sqrt(min(1, L / this)), L the lowest smoothed loss so far (0 = off)
     seed: int = 1
     enrichment: bool = True
     enrich_by: str = "batch"   # the papers enrich a batch in 60%; "question": every batch ~60% enriched questions
@@ -113,6 +116,28 @@ def lr_factor(step, steps, warmup=0.2):
     if step < w:
         return 0.01 + 0.99 * step / w
     return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, steps - w)))
+
+
+class Schedule:
+    """The learning-rate factor of step `step` (LambdaLR calls it): lr_factor's warm-up and cosine, times
+    sqrt(min(1, L / loss_ref)) after warm-up when loss_ref > 0, L the lowest 10-step moving average of the
+    training loss (nats per answer token) so far. The step size shrinks as the loss does, and never grows
+    back when the loss jumps: measured on the 5-digit adder, the late steps of a still-large lr made its loss
+    jump tenfold (docs/training.md). A callable object, so LambdaLR's state_dict saves L for --resume."""
+
+    def __init__(self, steps, warmup, loss_ref=0.0):
+        self.steps, self.warmup, self.loss_ref, self.ema, self.lowest = steps, warmup, loss_ref, None, math.inf
+
+    def observe(self, loss):
+        """Record one step's training loss (a float)."""
+        self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
+        self.lowest = min(self.lowest, self.ema)
+
+    def __call__(self, step):
+        f = lr_factor(step, self.steps, self.warmup)
+        if self.loss_ref > 0 and step >= int(self.steps * self.warmup) and self.ema is not None:
+            f *= min(1.0, self.lowest / self.loss_ref) ** 0.5
+        return f
 
 
 def set_threads(cfg: Config):
@@ -176,7 +201,8 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
     # fused: one kernel for all parameters instead of ~10 per tensor (profiled: 5.6 -> 1.4 ms of a CPU step)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.eps, amsgrad=tc.amsgrad,
                             weight_decay=tc.weight_decay, fused=torch.device(device).type in ("cpu", "cuda"))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc.steps, tc.warmup))
+    schedule = Schedule(tc.steps, tc.warmup, tc.lr_loss_ref)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     losses = torch.zeros(tc.steps, tc.n_digits + 2, dtype=torch.float64, device=device)
     checks, verified, done, before = [], None, 0, 0.0
     if resume:
@@ -204,6 +230,8 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
             per_pos = answer_nll(logits, tokens, tc.n_digits).mean(0)  # (n+2,)
             loss = per_pos.mean()
             loss.backward()
+            if tc.lr_loss_ref > 0:
+                schedule.observe(loss.item())
             if after_backward:
                 after_backward(model)
             if tc.clip > 0:
@@ -240,7 +268,7 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
 
 
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
-               "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "clip", "betas", "eps",
+               "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "clip", "betas", "eps", "lr_loss_ref",
                "amsgrad", "mix_by", "enrich_by", "check_every", "check_questions", "until_verified", "preset")
 
 
@@ -264,6 +292,8 @@ def build_parser():
                    "then cosine to 0 (default 0.1; presets 0.2)")
     p.add_argument("--betas", type=positive(float), nargs=2, metavar=("BETA1", "BETA2"),
                    help="AdamW betas (default 0.9 0.95; presets 0.9 0.98, as the papers)")
+    p.add_argument("--lr-loss-ref", type=bounded(0), help="after warm-up, scale lr by sqrt(min(1, L/this)), L the "
+                   "lowest smoothed training loss so far; 0 = off (default 0; calms the 5-digit adder's loss, docs/training.md)")
     p.add_argument("--eps", type=positive(float), help="AdamW epsilon (default 1e-8, as PyTorch and the papers)")
     p.add_argument("--amsgrad", action="store_true", default=None, help="AdamW's AMSGrad variant (default off)")
     p.add_argument("--clip", type=bounded(0), help="clip the gradient's L2 norm to this, 0 = off (default 1; presets 0)")
@@ -340,7 +370,7 @@ def resolve(args, p):
                      lr=b["lr"], weight_decay=b["weight_decay"], perc_sub=perc, seed=b["seed"],
                      p_short=b.get("p_short", 0.0), p_sparse=b.get("p_sparse", 0.0), warmup=b.get("warmup", defaults.warmup),
                      clip=b.get("clip", defaults.clip), betas=tuple(b.get("betas", defaults.betas)),
-                     eps=b.get("eps", defaults.eps), amsgrad=bool(b.get("amsgrad")), mix_by=b.get("mix_by", defaults.mix_by),
+                     eps=b.get("eps", defaults.eps), lr_loss_ref=b.get("lr_loss_ref", defaults.lr_loss_ref), amsgrad=bool(b.get("amsgrad")), mix_by=b.get("mix_by", defaults.mix_by),
                      enrich_by=b.get("enrich_by", defaults.enrich_by),
                      check_every=check_every, until_verified=bool(b.get("until_verified")),
                      check_questions=b.get("check_questions", defaults.check_questions))
