@@ -215,7 +215,8 @@ def describe(cfg: Config, tc, device, n_params, threads) -> str:
         + f"; enrichment {f'on (by {tc.enrich_by})' if tc.enrichment else 'off'}, {tc.p_short:.0%} short operands"
         + (f", {tc.p_sparse:.0%} sparse operands" if tc.p_sparse else ""),
         f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW{' (AMSGrad)' * tc.amsgrad} lr {tc.lr:g} "
-        f"(warm-up {tc.warmup:.0%}, then cosine{f' x sqrt(loss / {tc.lr_loss_ref:g})' if tc.lr_loss_ref else ''}), betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "
+        f"(warm-up {tc.warmup:.0%}, then cosine{f' x sqrt(loss / {tc.lr_loss_ref:g})' * bool(tc.lr_loss_ref)}), "
+        f"betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "
         f"gradient clipping {f'to norm {tc.clip:g}' if tc.clip else 'off'}",
         f"checks:   {checks}",
         f"seed {tc.seed}, device {device}, {threads} thread(s)"])

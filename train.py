@@ -119,25 +119,21 @@ def lr_factor(step, steps, warmup=0.2):
 
 
 class Schedule:
-    """The learning-rate factor of step `step` (LambdaLR calls it): lr_factor's warm-up and cosine, times
-    sqrt(min(1, L / loss_ref)) after warm-up when loss_ref > 0, L the lowest 10-step moving average of the
-    training loss (nats per answer token) so far. The step size shrinks as the loss does, and never grows
-    back when the loss jumps: measured on the 5-digit adder, the late steps of a still-large lr made its loss
-    jump tenfold (docs/training.md). A callable object, so LambdaLR's state_dict saves L for --resume."""
+    """LambdaLR's factor for step `step`: lr_factor, times sqrt(min(1, L / loss_ref)) after warm-up when
+    loss_ref > 0, L the lowest 10-step moving average of the training loss (nats per answer token) so far,
+    so a jump never raises the lr (docs/training.md, third round). A callable object: LambdaLR's state_dict
+    keeps L for --resume."""
 
     def __init__(self, steps, warmup, loss_ref=0.0):
         self.steps, self.warmup, self.loss_ref, self.ema, self.lowest = steps, warmup, loss_ref, None, math.inf
 
     def observe(self, loss):
-        """Record one step's training loss (a float)."""
         self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
         self.lowest = min(self.lowest, self.ema)
 
     def __call__(self, step):
-        f = lr_factor(step, self.steps, self.warmup)
-        if self.loss_ref > 0 and step >= int(self.steps * self.warmup) and self.ema is not None:
-            f *= min(1.0, self.lowest / self.loss_ref) ** 0.5
-        return f
+        scaled = self.loss_ref > 0 and step >= int(self.steps * self.warmup)  # L = inf before any loss: x1
+        return lr_factor(step, self.steps, self.warmup) * (min(1.0, self.lowest / self.loss_ref) ** 0.5 if scaled else 1)
 
 
 def set_threads(cfg: Config):
@@ -268,8 +264,8 @@ def _train(model, tc, device, after_backward, after_step, progress, resume, stop
 
 
 TRAIN_FLAGS = ("task", "digits", "layers", "heads", "d_model", "d_head", "d_mlp", "steps", "batch_size", "lr",
-               "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "clip", "betas", "eps", "lr_loss_ref",
-               "amsgrad", "mix_by", "enrich_by", "check_every", "check_questions", "until_verified", "preset")
+               "weight_decay", "perc_sub", "seed", "p_short", "p_sparse", "warmup", "lr_loss_ref", "clip", "betas",
+               "eps", "amsgrad", "mix_by", "enrich_by", "check_every", "check_questions", "until_verified", "preset")
 
 
 def build_parser():
@@ -293,7 +289,7 @@ def build_parser():
     p.add_argument("--betas", type=positive(float), nargs=2, metavar=("BETA1", "BETA2"),
                    help="AdamW betas (default 0.9 0.95; presets 0.9 0.98, as the papers)")
     p.add_argument("--lr-loss-ref", type=bounded(0), help="after warm-up, scale lr by sqrt(min(1, L/this)), L the "
-                   "lowest smoothed training loss so far; 0 = off (default 0; calms the 5-digit adder's loss, docs/training.md)")
+                   "lowest smoothed training loss so far; 0 = off (default 0)")
     p.add_argument("--eps", type=positive(float), help="AdamW epsilon (default 1e-8, as PyTorch and the papers)")
     p.add_argument("--amsgrad", action="store_true", default=None, help="AdamW's AMSGrad variant (default off)")
     p.add_argument("--clip", type=bounded(0), help="clip the gradient's L2 norm to this, 0 = off (default 1; presets 0)")
@@ -370,7 +366,8 @@ def resolve(args, p):
                      lr=b["lr"], weight_decay=b["weight_decay"], perc_sub=perc, seed=b["seed"],
                      p_short=b.get("p_short", 0.0), p_sparse=b.get("p_sparse", 0.0), warmup=b.get("warmup", defaults.warmup),
                      clip=b.get("clip", defaults.clip), betas=tuple(b.get("betas", defaults.betas)),
-                     eps=b.get("eps", defaults.eps), lr_loss_ref=b.get("lr_loss_ref", defaults.lr_loss_ref), amsgrad=bool(b.get("amsgrad")), mix_by=b.get("mix_by", defaults.mix_by),
+                     eps=b.get("eps", defaults.eps), amsgrad=bool(b.get("amsgrad")), mix_by=b.get("mix_by", defaults.mix_by),
+                     lr_loss_ref=b.get("lr_loss_ref", defaults.lr_loss_ref),
                      enrich_by=b.get("enrich_by", defaults.enrich_by),
                      check_every=check_every, until_verified=bool(b.get("until_verified")),
                      check_questions=b.get("check_questions", defaults.check_questions))
