@@ -16,7 +16,8 @@ steps unless --check-every says otherwise), then errors on --questions fresh uni
 operation (default 10^6, the papers' check) and on every named set, and the loss curve's worst rise after
 warm-up (loss_rise); "K of N seeds verified" counts seeds with zero errors there. `--device cuda` trains
 and checks on a GPU. Each seed's result is appended to a JSON-lines file under --results the moment
-it finishes; a rerun with the same flags skips the seeds already there, and `--first-seed S` leaves seeds
+it finishes, in a file named for the resolved settings (model, training, questions, device, threads); a
+rerun of the same settings skips the seeds already there (a changed default starts a new file), and `--first-seed S` leaves seeds
 below S to another process (two sweeps side by side, one per core); a sweep's summary counts every seed
 on disk when it ends, those the other process finished included.
 Left out on purpose: GPU speed figures (the targets are a laptop's) and timed assertions in tests.
@@ -190,20 +191,24 @@ def sweep(args, rest):
         p.error("--seeds K trains seeds 1..K: drop --seed")
     if "--check-every" not in rest:
         rest = [*rest, "--check-every", "250"]
-    key = hashlib.sha256(" ".join(rest + ["--questions", str(args.questions)]).encode()).hexdigest()[:10]
     flags = p.parse_args(rest)
     cfg, tc = train.resolve(flags, p)
     try:
         device = pick_device(flags.device)
     except ValueError as e:
         p.error(str(e))
+    train.set_threads(cfg)  # the thread count changes the order of sums, so it is part of the run
+    # The file is named for the resolved settings, not the flags: a rerun after a default changed starts afresh.
+    run = dict(model=vars(cfg), train={k: v for k, v in vars(tc).items() if k != "seed"}, questions=args.questions,
+               device=str(device), threads=torch.get_num_threads())
+    key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:10]
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, f"{tc.task}_d{tc.n_digits}_{key}.jsonl")
     def done():  # {seed: result} of the runs with these flags on disk, those of processes beside this one too
         if not os.path.exists(path):
             return {}
         with open(path) as f:
-            return {r["seed"]: r for r in map(json.loads, f) if r.get("flags") == rest}
+            return {r["seed"]: r for r in map(json.loads, f)}
     rows = done()
     print(f"results: {path} ({len(rows)} seed(s) done before); flags: {' '.join(rest)}")
     for seed in range(1, args.seeds + 1):
