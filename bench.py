@@ -17,9 +17,9 @@ operation (default 10^6, the papers' check) and on every named set, and the loss
 warm-up (loss_rise); "K of N seeds verified" counts seeds with zero errors there. `--device cuda` trains
 and checks on a GPU. Each seed's result is appended to a JSON-lines file under --results the moment
 it finishes, in a file named for the resolved settings (model, training, questions, device, threads); a
-rerun of the same settings skips the seeds already there (a changed default starts a new file), and `--first-seed S` leaves seeds
-below S to another process (two sweeps side by side, one per core); a sweep's summary counts every seed
-on disk when it ends, those the other process finished included.
+rerun of the same settings skips the seeds already there (a changed default starts a new file), and
+`--first-seed S` leaves seeds below S to another process (two sweeps side by side, one per core); a
+sweep's summary counts every seed on disk when it ends, those the other process finished included.
 Left out on purpose: GPU speed figures (the targets are a laptop's) and timed assertions in tests.
 """
 import argparse
@@ -204,7 +204,7 @@ def sweep(args, rest):
     key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:10]
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, f"{tc.task}_d{tc.n_digits}_{key}.jsonl")
-    def done():  # {seed: result} of the runs with these flags on disk, those of processes beside this one too
+    def done():  # {seed: result} of the runs with these settings on disk, those of processes beside this one too
         if not os.path.exists(path):
             return {}
         with open(path) as f:

@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import torch
 
@@ -1771,13 +1772,8 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         assert "2 seed(s) done before" in log.getvalue() and " of 3 seeds verified" in log.getvalue()
         assert bench.main(["--seeds", "1", *flags, "--lr", "3e-3", "--results", d]) == 0  # the default lr
         assert os.listdir(d) == [name] and len(open(os.path.join(d, name)).read().splitlines()) == 3  # the same run
-        measured = dict(train.MEASURED)
-        train.MEASURED[("add", 1)] = dict(lr=1e-3)  # a default changes under the same flags
-        try:
+        with mock.patch.dict(train.MEASURED, {("add", 1): dict(lr=1e-3)}):  # a default changes, the flags do not
             assert bench.main(["--seeds", "1", *flags, "--results", d]) == 0
-        finally:
-            train.MEASURED.clear()
-            train.MEASURED.update(measured)
         assert len(os.listdir(d)) == 2  # a new file: the old results were not taken for the new default
     with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:
         assert bench.main(["--seeds", "2", "--first-seed", "2", *flags, "--results", d]) == 0  # a second process
