@@ -22,7 +22,6 @@ rerun of the same settings skips the seeds already there (a changed default star
 sweep's summary counts every seed on disk when it ends, those the other process finished included.
 Left out on purpose: GPU speed figures (the targets are a laptop's) and timed assertions in tests.
 """
-import argparse
 import glob
 import hashlib
 import json
@@ -36,6 +35,7 @@ import torch
 import data
 import evaluate
 import train
+from cli import Parser
 from model import Config, Transformer, load_model, pick_device
 
 
@@ -96,7 +96,7 @@ def configs(argv):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(allow_abbrev=False,  # a train.py flag must never pass for a prefix of ours
+    p = Parser(prog="bench.py", allow_abbrev=False,  # a train.py flag must never pass for a prefix of ours
                                 description="Benchmark training and verification speed against references; "
                                 "with --seeds K, train seeds 1..K of a configuration (any train.py flags) and "
                                 "count how many verify.")
@@ -113,6 +113,10 @@ def main(argv=None):
     p.add_argument("--results", default=os.path.join("runs", "bench"),
                    help="sweep: folder of the JSON-lines result files (default runs/bench)")
     args, rest = p.parse_known_args(argv)
+    if args.seeds < 0:
+        p.error(f"--seeds must be 0 (no sweep) or more, not {args.seeds}")
+    if args.first_seed != 1 and not args.seeds:
+        p.error("--first-seed goes with --seeds K (a sweep)")
     if args.seeds:
         if not 1 <= args.first_seed <= args.seeds:
             p.error(f"--first-seed {args.first_seed}: must be between 1 and --seeds ({args.seeds})")
@@ -188,7 +192,7 @@ def sweep(args, rest):
     p = train.build_parser()
     p.prog = "bench.py"
     if train.build_parser().parse_args(rest).seed is not None:
-        p.error("--seeds K trains seeds 1..K: drop --seed")
+        p.error("--seeds K trains seeds 1..K (--first-seed S: only S..K): drop --seed")
     if "--check-every" not in rest:
         rest = [*rest, "--check-every", "250"]
     flags = p.parse_args(rest)
@@ -210,6 +214,7 @@ def sweep(args, rest):
         with open(path) as f:
             return {r["seed"]: r for r in map(json.loads, f)}
     rows = done()
+    earlier = set(rows)
     print(f"results: {path} ({len(rows)} seed(s) done before); flags: {' '.join(rest)}")
     for seed in range(1, args.seeds + 1):
         if seed < args.first_seed and seed not in rows:
@@ -242,7 +247,8 @@ def sweep(args, rest):
               if r["verified_step"] else f"no zero-error check in {r['steps']:,} steps")
         rise = (f"; loss rose up to {r['loss_rise'][0]}x above its running minimum after warm-up "
                 f"({r['loss_rise'][1]} steps above 10x)") if "loss_rise" in r else ""
-        print(f"seed {seed}: {to}; trained {r['steps']:,} steps in {r['train_seconds']:.0f} s{rise}; "
+        print(f"seed {seed}{' (from the results file)' * (seed in earlier)}: {to}; trained {r['steps']:,} steps "
+              f"in {r['train_seconds']:.0f} s{rise}; "
               f"{r['questions']:,} uniform per operation + named sets: "
               + (f"errors {wrong}, e.g. {'; '.join(r['failures'][:3])}" if wrong else "no errors"))
     rows = {**done(), **rows}  # seeds that another process finished meanwhile count in the summary

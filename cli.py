@@ -36,14 +36,15 @@ def positive(kind):
 
 
 def bounded(low, high=math.inf):
-    """An argparse type: a float from low to high."""
+    """An argparse type: a finite float from low to high."""
     def parse(s):
         try:
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-        if not low <= v <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, not {s}")
+        if not (math.isfinite(v) and low <= v <= high):
+            span = f"from {low:g} to {high:g}" if math.isfinite(high) else f"a finite number of at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {span}, not {s}")
         return v
     return parse
 

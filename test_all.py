@@ -341,7 +341,7 @@ def test_cli_bad_input_is_one_line():
                      ["--checkpoint", os.path.join(d, "missing.pt")], ["--checkpoint", corrupt], ["--lr", "abc"],
                      ["--device", "tpu"], ["--perc-sub", "120"], ["--verify", "0"], ["--short-operands", "2"],
                      ["--sparse-operands", "-0.1"], ["--short-operands", "0.6", "--sparse-operands", "0.6"],
-                     ["--preset", "ins1_mix_d6_l3_h4_t40K"]):
+                     ["--preset", "ins1_mix_d6_l3_h4_t40K"], ["--lr-loss-ref", "inf"], ["--clip", "-1"]):
             msg = cli_error(train.main, args + ["--out", d])
             assert msg.startswith("train.py: error:"), (args, msg)
             assert len(msg.splitlines()) == 1, (args, msg)
@@ -1770,6 +1770,7 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         assert set(json.loads(lines[2])["errors"]) >= {"add uniform", "Add.rule", "Add.sparse"}
         assert json.loads(lines[2])["loss_rise"][0] >= 1 and "above its running minimum" in log.getvalue()
         assert "2 seed(s) done before" in log.getvalue() and " of 3 seeds verified" in log.getvalue()
+        assert "seed 1 (from the results file):" in log.getvalue() and "seed 3 (from" not in log.getvalue()
         assert bench.main(["--seeds", "1", *flags, "--lr", "3e-3", "--results", d]) == 0  # the default lr
         assert os.listdir(d) == [name] and len(open(os.path.join(d, name)).read().splitlines()) == 3  # the same run
         with mock.patch.dict(train.MEASURED, {("add", 1): dict(lr=1e-3)}):  # a default changes, the flags do not
@@ -1799,6 +1800,10 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         summary = log.getvalue().splitlines()[-1]
         assert "of 2 seeds verified" in summary and "not finished" not in summary  # seed 1 counted at the end
     assert "drop --seed" in cli_error(bench.main, ["--seeds", "2", "--seed", "4"])
+    for args, says in ((["--seeds", "-1"], "--seeds must be 0"), (["--first-seed", "2"], "goes with --seeds"),
+                       (["--seeds", "1", "--first-seed", "3"], "must be between 1 and --seeds")):
+        msg = cli_error(bench.main, args)
+        assert says in msg and msg.startswith("bench.py: error:") and len(msg.splitlines()) == 1, (args, msg)
     assert "unknown device 'tpu'" in cli_error(bench.main, ["--seeds", "1", "--device", "tpu"])
     assert "--first-seed 3: must be between 1 and --seeds" in cli_error(bench.main, ["--seeds", "2", "--first-seed", "3"])
 

@@ -289,7 +289,7 @@ def build_parser():
     p.add_argument("--betas", type=positive(float), nargs=2, metavar=("BETA1", "BETA2"),
                    help="AdamW betas (default 0.9 0.95; presets 0.9 0.98, as the papers)")
     p.add_argument("--lr-loss-ref", type=bounded(0), help="after warm-up, scale lr by sqrt(min(1, L/this)), L the "
-                   "lowest smoothed training loss so far; 0 = off (default 0)")
+                   "lowest ~10-step moving average of the training loss so far; 0 = off (default 0)")
     p.add_argument("--eps", type=positive(float), help="AdamW epsilon (default 1e-8, as PyTorch and the papers)")
     p.add_argument("--amsgrad", action="store_true", default=None, help="AdamW's AMSGrad variant (default off)")
     p.add_argument("--clip", type=bounded(0), help="clip the gradient's L2 norm to this, 0 = off (default 1; presets 0)")
