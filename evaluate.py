@@ -143,7 +143,7 @@ def errors(results) -> dict:
 
 def report(results) -> str:
     """The verification results as a text table: the fresh questions by complexity class, each named set
-    in one line, then the first failures as `a+b = got (expected)`."""
+    in one line, then the verdict: "verified" (no error anywhere) or the first failures as `a+b = got (expected)`."""
     lines = ["uniform: every digit uniform (the natural distribution); enriched: the training distribution (long "
              "carry/borrow cascades made common; the papers' 10^6 check drew from it); the rest: named sets",
              f"{'set':<12} {'class':<6} {'questions':>10} {'correct':>10} {'%':>9} {'errors':>7}"]
@@ -156,7 +156,10 @@ def report(results) -> str:
                 row(name, c, q, k)
         row(name, "all", r["questions"], r["correct"])
     fails = [f for r in results.values() for f in r["failures"]]
-    return "\n".join(lines + (["first failures:"] + ["  " + f for f in fails[:10]] if fails else ["no failures"]))
+    n = sum(r["questions"] for r in results.values())
+    verdict = (["NOT verified: first failures:"] + ["  " + f for f in fails[:10]] if fails
+               else [f"verified: 0 errors in all {n:,} questions above"])
+    return "\n".join(lines + verdict)
 
 # ----------------------------------------------------------------------------- asking: answers generated token by token
 

@@ -61,7 +61,7 @@ for _p in PRESETS.values():
 # eps (1e-7 to 1e-4), AMSGrad, clipping at 0.1, lr 1e-3 or 2e-3, betas 0.9/0.9 or 0.9/0.99, batch 512 and
 # enrichment per question each left a seed above 10x or learned too slowly to verify. Scaling lr by
 # sqrt(loss / 1e-2) after warm-up (--lr-loss-ref) kept the 5-digit adder under 5.4x on 20 runs, but verified
-# 13 of 15 at 2,500 steps (the plain schedule: every run), so it is an option. 10% short operands keep
+# 13 of 15 at 2,500 steps (the plain schedule 9 of 10), so it is an option. 10% short operands keep
 # 00055+00045 right; 5% sparse ones took the 5-digit adder from 4 to 5 of 5 seeds verified (50000+50000) and
 # mended the 10-digit one, but cost 6-digit models errors. 6-digit adders: 5 of 5 at 2,500 steps. 6-digit
 # subtractors: 2 layers, 3 heads gave 4 of 5 under every knob tried, 3 layers and 4 heads 5 of 5. Mixed (3
