@@ -221,8 +221,7 @@ def sweep(args, rest):
             print(f"seed {seed}: not finished (left to another process: --first-seed {args.first_seed})")
             continue
         if seed not in rows:
-            cfg, tc = train.resolve(p.parse_args([*rest, "--seed", str(seed)]), p)
-            train.set_threads(cfg)
+            cfg, tc = train.resolve(p.parse_args([*rest, "--seed", str(seed)]), p)  # threads: set once above
             model = Transformer(cfg, torch.Generator().manual_seed(seed)).to(device)
             hist = train.train(model, tc, device, progress=False)
             if hist["interrupted"]:

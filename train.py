@@ -63,10 +63,10 @@ for _p in PRESETS.values():
 # sqrt(loss / 1e-2) after warm-up (--lr-loss-ref) kept the 5-digit adder under 5.4x on 20 runs, but verified
 # 13 of 15 at 2,500 steps (the plain schedule 9 of 10), so it is an option. 10% short operands keep
 # 00055+00045 right; 5% sparse ones took the 5-digit adder from 4 to 5 of 5 seeds verified (50000+50000) and
-# mended the 10-digit one, but cost 6-digit models errors. 6-digit adders: 5 of 5 at 2,500 steps (3 of 5 on
-# the 2026-12-03 machine; the 5-digit default 4 of 5 there: docs/training.md). 6-digit
-# subtractors: 2 layers, 3 heads gave 4 of 5 under every knob tried, 3 layers and 4 heads 5 of 5. Mixed (3
-# layers, 4 heads, 80% subtraction as the papers): one operator per batch 1 of 5, every batch split 80/20 5 of 5.
+# mended the 10-digit one, but cost 6-digit models errors. 6-digit adders: 5 of 5 at 2,500 steps (3 of 5 on the
+# 2026-12-03 machine, the 5-digit default 4 of 5). 6-digit subtractors: 2 layers, 3 heads gave 4 of 5 under every
+# knob tried, 3 layers and 4 heads 5 of 5. Mixed (3 layers, 4 heads, 80% subtraction as the papers): one operator
+# per batch 1 of 5, every batch split 80/20 5 of 5.
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
 FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 4800}  # at 5 digits; x1.25 per digit above 5
