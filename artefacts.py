@@ -213,7 +213,8 @@ def describe(cfg: Config, tc, device, n_params, threads) -> str:
         f"d_mlp {cfg.d_mlp}, {cfg.n_digits} digits: {n_params:,} parameters",
         f"task:     {tc.task}" + (f", {tc.perc_sub:g}% of {shares[tc.mix_by]} subtraction" if tc.task == "mix" else "")
         + f"; enrichment {f'on (by {tc.enrich_by})' if tc.enrichment else 'off'}, {tc.p_short:.0%} short operands"
-        + (f", {tc.p_sparse:.0%} sparse operands" if tc.p_sparse else ""),
+        + (f", {tc.p_sparse:.0%} sparse operands" if tc.p_sparse else "")
+        + (f", {tc.p_near9:.0%} of additions with a carry into a 7 or 8" if tc.p_near9 else ""),
         f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW{' (AMSGrad)' * tc.amsgrad} lr {tc.lr:g} "
         f"(warm-up {tc.warmup:.0%}, then cosine{f' x sqrt(loss / {tc.lr_loss_ref:g})' * bool(tc.lr_loss_ref)}), "
         f"betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "

@@ -163,23 +163,54 @@ def shorten(x, y, gen: torch.Generator, p_short=0.1, p_sparse=0.0):
     return x, y
 
 
+def near_nines(x, y, gen: torch.Generator, p=0.1):
+    """Make a carry into a column summing to 7 or 8 common (addition; not in the papers). x, y: (B, n) digits,
+    most significant first, edited in place. With probability p a question gets one column c above the
+    units whose digits sum to 7 or 8 and which takes a carry: the column below sums to 10-18, or up to two
+    sum-9 columns pass a carry up from one that does (78499+61409: 9+9 carries, 9+0 passes it on, 4+4 takes
+    it and must not carry out). The digit above c then hangs on the TriCase state of c alone (the ST
+    sub-task of "Increasing Trust in Language Models through the Reuse of Verified Circuits"): T8 (sums 0-8)
+    takes the carry in and passes none on, T9 passes it on. Fast adders that answered a million uniform
+    questions right still carried out of such columns on 1 seed in 5 (docs/training.md). Other columns
+    keep their digits."""
+    B, n = x.shape
+    if n < 2 or p <= 0:
+        return x, y
+    rows = (torch.rand(B, generator=gen) < p).nonzero().squeeze(1)            # (m,) questions to edit
+    m = len(rows)
+    c = torch.randint(0, n - 1, (m,), generator=gen)                         # (m,) the column, not the units
+    k = (torch.rand(m, generator=gen) * ((n - 2 - c).clamp(max=2) + 1)).long()  # (m,) sum-9 columns under it
+    col = torch.arange(n)                                                    # (n,)
+    target = torch.full((m, n), -1)                                          # (m, n) column sums; -1: keep
+    target[(col > c[:, None]) & (col <= (c + k)[:, None])] = 9
+    target[col == (c + k + 1)[:, None]] = torch.randint(10, 19, (m, n), generator=gen)[col == (c + k + 1)[:, None]]
+    target[col == c[:, None]] = 7 + torch.randint(0, 2, (m,), generator=gen)
+    lo, hi = (target - 9).clamp(min=0), target.clamp(max=9)                  # (m, n) the x digits allowed
+    xd = lo + (torch.rand(m, n, generator=gen) * (hi - lo + 1)).long()
+    edit = target >= 0
+    x[rows[:, None].expand(m, n)[edit], col.expand(m, n)[edit]] = xd[edit]
+    y[rows[:, None].expand(m, n)[edit], col.expand(m, n)[edit]] = (target - xd)[edit]
+    return x, y
+
+
 def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator, perc_sub: float = 50,
                  enrichment: bool = True, device="cpu", p_short: float = 0.0, p_sparse: float = 0.0,
-                 mix_by: str = "batch", enrich_by: str = "batch") -> torch.Tensor:
+                 mix_by: str = "batch", enrich_by: str = "batch", p_near9: float = 0.0) -> torch.Tensor:
     """A batch of fresh questions (B, 3n+4), drawn on the CPU from `gen` (so the same seed gives the same
     batches on any device). For 'mix', mix_by="batch" gives one operator for the whole batch, sub with
     probability perc_sub % (the papers' Math notebooks); mix_by="question" gives every batch
     round(B * perc_sub / 100) subtraction questions and the rest additions (subtractions first; each part
     enriched and shortened on its own).
     `enrichment` is the papers' (`enrich`, drawn per batch; enrich_by="question": per question); `p_short`
-    or `p_sparse` > 0 adds `shorten` after it (the fast default has short operands). Raises ValueError for
+    or `p_sparse` > 0 adds `shorten` after it (the fast default has short operands), then `p_near9` > 0
+    `near_nines` to additions (subtractions keep theirs). Raises ValueError for
     an unknown task, mix_by or enrich_by."""
     if mix_by not in ("batch", "question"):
         raise ValueError(f"unknown mix_by {mix_by!r} (use batch or question)")
     if task == "mix" and mix_by == "question":
         n_sub = round(batch_size * perc_sub / 100)
         parts = [random_batch(op, n_digits, n, gen, enrichment=enrichment, p_short=p_short, p_sparse=p_sparse,
-                              enrich_by=enrich_by)
+                              enrich_by=enrich_by, p_near9=p_near9)
                  for op, n in (("sub", n_sub), ("add", batch_size - n_sub)) if n > 0]
         return torch.cat(parts).to(device)  # (B, 3n+4)
     if task == "mix":
@@ -192,6 +223,8 @@ def random_batch(task: str, n_digits: int, batch_size: int, gen: torch.Generator
         enrich(x, y, task, gen, by=enrich_by)
     if p_short + p_sparse > 0:
         shorten(x, y, gen, p_short, p_sparse)
+    if task == "add" and p_near9 > 0:
+        near_nines(x, y, gen, p_near9)
     return make_questions(value_of(x), value_of(y), task, n_digits).to(device)
 
 # ----------------------------------------------------------------------------- complexity

@@ -49,7 +49,7 @@ from reuse_nodes import inserted_node_usage, usage_table, useful_source_heads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX = {"init": "ins1_", "freeze-useful": "ins2_", "freeze-all": "ins3_"}
-RECIPE = ("p_short", "p_sparse", "warmup", "clip", "betas", "eps")  # taken from the source (a preset: the papers')
+RECIPE = ("p_short", "p_sparse", "p_near9", "warmup", "clip", "betas", "eps")  # taken from the source (a preset: the papers')
 PER_HEAD = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")  # attention tensors indexed by head first
 FAITHFUL_SKIP = ("attn.W_O", "attn.b_O", "ln2.w", "ln2.b", "ln_final.b", "unembed.b_U")  # the reference leaves these
 ENDS = ("embed.W_E", "pos_embed.W_pos", "ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U")  # --freeze-embed

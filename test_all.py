@@ -203,6 +203,42 @@ def test_short_and_sparse_operands():
         assert x.sum() == 4 and y.sum() == 4
 
 
+def carried_into_near_nine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: some column above the units sums to 7 or 8 and takes a carry. x, y: (B, n), most significant first."""
+    carry, found = torch.zeros(len(x), dtype=torch.bool), torch.zeros(len(x), dtype=torch.bool)
+    for j in range(x.shape[1] - 1, -1, -1):  # units first
+        s = x[:, j] + y[:, j]
+        found |= carry & ((s == 7) | (s == 8))
+        carry = s + carry.long() >= 10
+    return found
+
+
+def test_near_nines_make_carries_into_sevens_and_eights():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 10, (20000, 6), generator=gen), torch.randint(0, 10, (20000, 6), generator=gen)
+    x0, y0 = x.clone(), y.clone()
+    data.near_nines(x, y, gen, 0.3)
+    edited = ((x != x0) | (y != y0)).any(1)
+    assert abs(edited.float().mean() - 0.3) < 0.02, edited.float().mean()  # a few drawn digits stay as they were
+    assert carried_into_near_nine(x[edited], y[edited]).all()
+    assert carried_into_near_nine(x0, y0).float().mean() < 0.5  # the control: uniform digits mostly do not
+    assert 0 <= x.min() and x.max() <= 9 and 0 <= y.min() and y.max() <= 9
+    changed = (x != x0) | (y != y0)                                # (B, n) at most the column, 2 sum-9s, the source
+    assert changed.sum(1).max() <= 4 and not changed[:, -1][~edited].any()
+    for op in ("add", "sub", "mix"):  # p_near9=0 draws nothing; subtractions are never edited
+        plain = data.random_batch(op, 5, 300, torch.Generator().manual_seed(2), p_short=0.1, mix_by="question")
+        same = data.random_batch(op, 5, 300, torch.Generator().manual_seed(2), p_short=0.1, mix_by="question", p_near9=0)
+        assert torch.equal(plain, same)
+    batches = [data.random_batch("mix", 5, 4000, torch.Generator().manual_seed(3), p_near9=p, mix_by="question")
+               for p in (0.0, 0.5)]
+    for q in data.decode(batches[1][:60]):  # answers stay right
+        assert int(q[12:]) == (int(q[:5]) + int(q[6:11]) if q[5] == "+" else int(q[:5]) - int(q[6:11])), q
+    subs = batches[0][:, 5] == data.encode("-")[0]                  # the subtractions come first, drawn alike
+    assert subs.sum() == 2000 and torch.equal(batches[0][subs], batches[1][subs])
+    near = [carried_into_near_nine(b[~subs, :5], b[~subs, 6:11]).float().mean() for b in batches]
+    assert near[1] - near[0] > 0.3, near  # about half of the additions gain one (some had one already)
+
+
 def test_complexity_of_handmade_sets():
     for n in (5, 6):
         for name, tokens in data.named_sets("mix", n).items():
@@ -1256,6 +1292,8 @@ def test_config_defaults_are_the_laptop_model():
         sparse[" ".join(flags)] = resolve_flags(*flags)[1].p_sparse
     assert sparse == {"--task add": 0.05, "--task sub": 0.0, "--task mix": 0.0, "--digits 6": 0.0,
                       "--digits 10": 0.05, "--task sub --digits 10": 0.0, "--sparse-operands 0": 0.0}
+    assert [(tc.batch_size, tc.steps) for tc in (resolve_flags()[1], resolve_flags("--batch-size", "256")[1],
+                                                 resolve_flags("--digits", "6")[1])] == [(128, 4000), (256, 4000), (256, 2500)]
     cfg, tc = resolve_flags("--task", "mix", "--digits", "6")  # the measured 6-digit recipes, and a flag wins
     assert (cfg.n_layers, cfg.n_heads, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (3, 4, 80, "question", 10_000, 3e-3)
     cfg, tc = resolve_flags("--task", "mix", "--digits", "6", "--layers", "2", "--mix-by", "batch", "--steps", "50")
