@@ -183,13 +183,12 @@ def near_nines(x, y, gen: torch.Generator, p=0.1):
     col = torch.arange(n)                                                    # (n,)
     target = torch.full((m, n), -1)                                          # (m, n) column sums; -1: keep
     target[(col > c[:, None]) & (col <= (c + k)[:, None])] = 9
-    target[col == (c + k + 1)[:, None]] = torch.randint(10, 19, (m, n), generator=gen)[col == (c + k + 1)[:, None]]
+    target = torch.where(col == (c + k + 1)[:, None], torch.randint(10, 19, (m, n), generator=gen), target)
     target[col == c[:, None]] = 7 + torch.randint(0, 2, (m,), generator=gen)
     lo, hi = (target - 9).clamp(min=0), target.clamp(max=9)                  # (m, n) the x digits allowed
-    xd = lo + (torch.rand(m, n, generator=gen) * (hi - lo + 1)).long()
+    xd = lo + (torch.rand(m, n, generator=gen) * (hi - lo + 1)).long()       # (m, n) x digit, y = sum - x
     edit = target >= 0
-    x[rows[:, None].expand(m, n)[edit], col.expand(m, n)[edit]] = xd[edit]
-    y[rows[:, None].expand(m, n)[edit], col.expand(m, n)[edit]] = (target - xd)[edit]
+    x[rows], y[rows] = torch.where(edit, xd, x[rows]), torch.where(edit, target - xd, y[rows])
     return x, y
 
 

@@ -1286,14 +1286,14 @@ def test_config_defaults_are_the_laptop_model():
     cfg = Config(n_digits=5)
     command, _ = resolve_flags()  # `python train.py`
     assert cfg == command and (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == (2, 3, 64, 16, 256)
-    sparse = {}  # the measured sparse-operand shares: the 5- and 10-digit adders only; a flag wins
+    sparse = {}  # the measured sparse-operand shares: the 5-, 6- and 10-digit adders only; a flag wins
     for flags in (["--task", "add"], ["--task", "sub"], ["--task", "mix"], ["--digits", "6"], ["--digits", "10"],
                   ["--task", "sub", "--digits", "10"], ["--sparse-operands", "0"]):
         sparse[" ".join(flags)] = resolve_flags(*flags)[1].p_sparse
-    assert sparse == {"--task add": 0.05, "--task sub": 0.0, "--task mix": 0.0, "--digits 6": 0.0,
+    assert sparse == {"--task add": 0.05, "--task sub": 0.0, "--task mix": 0.0, "--digits 6": 0.05,
                       "--digits 10": 0.05, "--task sub --digits 10": 0.0, "--sparse-operands 0": 0.0}
     assert [(tc.batch_size, tc.steps) for tc in (resolve_flags()[1], resolve_flags("--batch-size", "256")[1],
-                                                 resolve_flags("--digits", "6")[1])] == [(128, 4000), (256, 4000), (256, 2500)]
+                                                 resolve_flags("--task", "sub")[1])] == [(128, 4000), (256, 4000), (256, 4800)]
     cfg, tc = resolve_flags("--task", "mix", "--digits", "6")  # the measured 6-digit recipes, and a flag wins
     assert (cfg.n_layers, cfg.n_heads, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (3, 4, 80, "question", 10_000, 3e-3)
     cfg, tc = resolve_flags("--task", "mix", "--digits", "6", "--layers", "2", "--mix-by", "batch", "--steps", "50")
