@@ -28,7 +28,7 @@ def positive(kind):
         try:
             v = kind(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{s!r} is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{s!r} is not {'a whole' if kind is int else 'a'} number") from None
         if not v > 0:
             raise argparse.ArgumentTypeError(f"must be positive, not {s}")
         return v

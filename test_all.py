@@ -376,7 +376,7 @@ def test_cli_bad_input_is_one_line():
         for args in (["--digits", "0"], ["--digits", "11"], ["--steps", "-1"], ["--task", "mul"], ["--preset", "nope"],
                      ["--checkpoint", os.path.join(d, "missing.pt")], ["--checkpoint", corrupt], ["--lr", "abc"],
                      ["--device", "tpu"], ["--perc-sub", "120"], ["--verify", "0"], ["--short-operands", "2"],
-                     ["--sparse-operands", "-0.1"], ["--near-nines", "1.5"],
+                     ["--sparse-operands", "-0.1"], ["--near-nines", "1.5"], ["--task", "sub", "--near-nines", "0.1"],
                      ["--short-operands", "0.6", "--sparse-operands", "0.6"],
                      ["--preset", "ins1_mix_d6_l3_h4_t40K"], ["--lr-loss-ref", "inf"], ["--clip", "-1"]):
             msg = cli_error(train.main, args + ["--out", d])

@@ -288,7 +288,8 @@ def build_parser():
     p.add_argument("--d-head", type=positive(int), help="width of each head (default 16; paper 170)")
     p.add_argument("--d-mlp", type=positive(int), help="MLP hidden width (default 4*d_model)")
     p.add_argument("--steps", type=positive(int), help="training steps, the step limit with --until-verified "
-                   "(default: 2000 add, 4800 sub, 4800 mix at 5 digits, x1.25 per digit above 5; the measured defaults below)")
+                   "(default: as measured, listed below, for the 5- and 6-digit adders and more; else 2000 add, 4800 sub, "
+                   "4800 mix at 5 digits, x1.25 per digit above 5)")
     p.add_argument("--batch-size", type=positive(int),
                    help="questions per step (default 256, the 5- and 6-digit adders 128; paper 64)")
     p.add_argument("--lr", type=positive(float), help="peak learning rate (default 3e-3; paper 8e-5)")
@@ -362,6 +363,8 @@ def resolve(args, p):
     for key, flag in (("p_short", "--short-operands"), ("p_sparse", "--sparse-operands"), ("p_near9", "--near-nines")):
         if not 0 <= b.get(key, 0) <= 1:
             p.error(f"{flag} must be from 0 to 1, not {b[key]}")
+    if b.get("p_near9") and b["task"] == "sub":
+        p.error("--near-nines edits additions: use it with --task add or mix")
     if b.get("p_short", 0) + b.get("p_sparse", 0) > 1:
         p.error("--short-operands and --sparse-operands must add up to at most 1")
     if b["weight_decay"] < 0:
