@@ -55,18 +55,14 @@ for _p in PRESETS.values():
     _p.update(PAPER)
 
 # The fast default for a laptop CPU (the figures: docs/training.md): a model ~1/65 the papers' size, lr 3e-3,
-# batch 256. Clipping the gradient norm to 1, beta2 0.95 and a 10% warm-up cut the old recipe's (6,000 steps,
-# beta2 0.98, 20% warm-up, no clipping) worst loss rise after warm-up from 960x to 5-73x; a schedule trained
-# to its end (cosine to 0) left no error in 10^6 where stopping mid-schedule left 1-23 on 5 of 7 runs. Adam's
-# eps (1e-7 to 1e-4), AMSGrad, clipping at 0.1, lr 1e-3 or 2e-3, betas 0.9/0.9 or 0.9/0.99, batch 512 and
-# enrichment per question each left a seed above 10x or learned too slowly to verify. Scaling lr by
-# sqrt(loss / 1e-2) after warm-up (--lr-loss-ref) kept the 5-digit adder under 5.4x on 20 runs but verified
-# no more seeds, so it is an option, as is --near-nines (4 of 6). 10% short operands keep 00055+00045 right;
-# 5% sparse ones took the 5-digit adder from 4 to 5 of 5 seeds verified (50000+50000) and mended the 10-digit
-# one (at batch 256 they cost 6-digit models other errors). 5-digit adder: batch 256 x 2,000 steps 4 of 5 (2026-12-03),
-# batch 128 x 4,000 steps (the same questions, the same time) 10 of 10 and 5 of 5 idle, at a 10-100x lower
-# loss (3,500 steps lost one seed).
-# 6-digit adder: batch 256 x 2,500 steps 3 of 5 (2026-12-03), batch 128 x 5,000, 5% sparse operands 10 of 10.
+# batch 256. Clipping the gradient norm to 1, beta2 0.95 and a 10% warm-up cut the old recipe's worst loss rise
+# after warm-up from 960x to 5-73x; a schedule trained to its end (cosine to 0) left no error in 10^6 where
+# stopping mid-schedule left 1-23 on 5 of 7 runs. Adam's eps, AMSGrad, clipping at 0.1, lr 1e-3 or 2e-3, other
+# betas, batch 512 and enrichment per question each left a seed above 10x or learned too slowly; scaling lr with
+# the loss (--lr-loss-ref) stayed under 5.4x but verified no more seeds, nor did --near-nines: both are options.
+# 10% short operands keep 00055+00045 right; 5% sparse ones mend lone carries (50000+50000). Adders: batch 128
+# for twice the steps (the same questions, the same time) ends 10-100x lower and verified 5 digits 10 of 10 and
+# 5 of 5 idle, 6 digits 10 of 10 and 5 of 5 idle, where batch 256 made 4 of 5 and 3 of 5 idle (2026-12-03).
 # 6-digit subtractors: 2 layers, 3 heads gave 4 of 5 under every knob tried, 3 layers and 4 heads 5 of 5.
 # Mixed (3 layers, 4 heads, 80% subtraction as the papers): one operator per batch 1 of 5, split 80/20 5 of 5.
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
