@@ -216,8 +216,14 @@ def describe(cfg: Config, tc, device, n_params, threads) -> str:
         + (f", {tc.p_sparse:.0%} sparse operands" if tc.p_sparse else "")
         + (f", {tc.p_near9:.0%} of additions with a carry into a 7 or 8" if tc.p_near9 else ""),
         f"training: {tc.steps:,} steps of {tc.batch_size} questions, AdamW{' (AMSGrad)' * tc.amsgrad} lr {tc.lr:g} "
-        f"(warm-up {tc.warmup:.0%}, then cosine{f' x sqrt(loss / {tc.lr_loss_ref:g})' * bool(tc.lr_loss_ref)}), "
+        f"(warm-up {tc.warmup:.0%}, then cosine{f' x sqrt(min(1, loss / {tc.lr_loss_ref:g}))' * bool(tc.lr_loss_ref)}), "
         f"betas {tc.betas[0]:g}, {tc.betas[1]:g}, weight decay {tc.weight_decay:g}, "
         f"gradient clipping {f'to norm {tc.clip:g}' if tc.clip else 'off'}",
         f"checks:   {checks}",
-        f"seed {tc.seed}, device {device}, {threads} thread(s)"])
+        f"seed {tc.seed}, device {device}{cpu_note(device)}, {threads} thread(s)"])
+
+
+def cpu_note(device) -> str:
+    """' (AVX2)' and the like on the CPU: the instruction set PyTorch's kernels use. Another one sums in
+    another order, so the same seed gives another run (docs/training.md, seventh round)."""
+    return f" ({torch.backends.cpu.get_cpu_capability()})" if torch.device(device).type == "cpu" else ""

@@ -202,9 +202,10 @@ def sweep(args, rest):
     except ValueError as e:
         p.error(str(e))
     train.set_threads(cfg)  # the thread count changes the order of sums, so it is part of the run
-    # The file is named for the resolved settings, not the flags: a rerun after a default changed starts afresh.
+    # The file is named for the resolved settings, not the flags: a rerun after a default changed starts afresh,
+    # as does one on a CPU of another instruction set (it sums in another order: another run for the same seed).
     run = dict(model=vars(cfg), train={k: v for k, v in vars(tc).items() if k != "seed"}, questions=args.questions,
-               device=str(device), threads=torch.get_num_threads())
+               device=str(device), threads=torch.get_num_threads(), cpu=torch.backends.cpu.get_cpu_capability())
     key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:10]
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, f"{tc.task}_d{tc.n_digits}_{key}.jsonl")
@@ -230,7 +231,8 @@ def sweep(args, rest):
             t = time.perf_counter()
             res = evaluate.verify(model, tc.task, tc.n_digits, args.questions, seed=seed, progress=False, n_enriched=0)
             first = next((c for c in hist["checks"] if c["step"] == hist["verified_step"]), None)
-            rows[seed] = dict(seed=seed, flags=rest, steps=hist["steps_done"], train_seconds=round(hist["seconds"], 1),
+            rows[seed] = dict(seed=seed, flags=rest, cpu=torch.backends.cpu.get_cpu_capability(),
+                              threads=torch.get_num_threads(), steps=hist["steps_done"], train_seconds=round(hist["seconds"], 1),
                               verified_step=hist["verified_step"], seconds_to_verified=first and first["seconds"],
                               check_seconds=round(time.perf_counter() - t, 1), questions=args.questions,
                               final_loss=hist["loss"][-1], errors=evaluate.errors(res),

@@ -1223,7 +1223,10 @@ def test_loss_scaled_schedule_shrinks_with_the_loss_and_never_grows_back():
         scaled.observe(1.0)  # a jump back up keeps the lowest loss, so lr stays down
     assert 0.09 < scaled(50) / train.lr_factor(50, 100, 0.1) < 0.11
     p = train.build_parser()
-    assert train.resolve(p.parse_args(["--task", "add", "--digits", "5"]), p)[1].lr_loss_ref == 0  # off by default
+    tc5 = train.resolve(p.parse_args(["--task", "add", "--digits", "5"]), p)[1]
+    assert (tc5.lr_loss_ref, tc5.p_near9) == (3e-3, 0.1)  # the 5-digit adder's measured default
+    assert train.resolve(p.parse_args(["--task", "add", "--digits", "6"]), p)[1].lr_loss_ref == 0  # off elsewhere
+    assert train.resolve(p.parse_args(["--lr-loss-ref", "0", "--near-nines", "0"]), p)[1].lr_loss_ref == 0  # a flag wins
     assert train.resolve(p.parse_args(["--lr-loss-ref", "1e-2"]), p)[1].lr_loss_ref == 1e-2
 
 
@@ -1793,6 +1796,15 @@ def test_loss_rise_finds_a_jump_after_warm_up_and_ignores_one_during_it():
     assert bench.loss_rise(early, skip=40) == (1.0, 0) and bench.loss_rise(calm[:10], skip=0) == (1.0, 0)
 
 
+def test_describe_names_the_cpu_instruction_set_and_the_loss_scaled_rate():
+    p = train.build_parser()
+    cfg, tc = train.resolve(p.parse_args(["--task", "add", "--digits", "5"]), p)
+    text = artefacts.describe(cfg, tc, "cpu", 1, 2)
+    assert f"device cpu ({torch.backends.cpu.get_cpu_capability()}), 2 thread(s)" in text
+    assert "cosine x sqrt(min(1, loss / 0.003))" in text and "10% of additions with a carry into a 7 or 8" in text
+    assert artefacts.cpu_note("cuda") == ""  # a GPU's kernels do not depend on the host's instruction set
+
+
 def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
     import contextlib
     import io
@@ -1815,6 +1827,10 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         with mock.patch.dict(train.MEASURED, {("add", 1): dict(lr=1e-3)}):  # a default changes, the flags do not
             assert bench.main(["--seeds", "1", *flags, "--results", d]) == 0
         assert len(os.listdir(d)) == 2  # a new file: the old results were not taken for the new default
+        with mock.patch("torch.backends.cpu.get_cpu_capability", return_value="ANOTHER"):  # another instruction set
+            assert bench.main(["--seeds", "1", *flags, "--results", d]) == 0
+        assert len(os.listdir(d)) == 3  # sums in another order: another run, not these results
+        assert json.loads(lines[0])["cpu"] == torch.backends.cpu.get_cpu_capability() and json.loads(lines[0])["threads"] >= 1
     with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:
         assert bench.main(["--seeds", "2", "--first-seed", "2", *flags, "--results", d]) == 0  # a second process
         (name,) = os.listdir(d)
