@@ -65,11 +65,11 @@ for _p in PRESETS.values():
 # 5 of 5 idle, 6 digits 10 of 10 and 5 of 5 idle, where batch 256 made 4 of 5 and 3 of 5 idle (2026-12-03).
 # The 5-digit adder at batch 128 still rose 17x-11,923x (20x-573x on 2026-12-06's machine). Its rate scaled with
 # the loss below 3e-3 (--lr-loss-ref) and 10% carries into a 7 or 8 (--near-nines, its usual near-miss) verified
-# 16 of 16, all under 8x, median 42 s idle to the first zero-error check against 62 s (2026-12-06); 15 of 15, 36 s,
-# two one-step rises, 14x and 87x (2026-12-07). Reference 1e-3: 13 of 15 (10 of 10 with --near-nines, 4 above
-# 10x); 3,000 steps lost 2 of 10.
+# 16 of 16 under 8x, median 42 s idle to the first zero-error check against 62 s (2026-12-06); 15 of 15, 36 s, two
+# one-step rises (14x, 87x; 2026-12-07). Reference 1e-3: 13 of 15, 4 above 10x; 3,000 steps lost 2 of 10.
 # 6-digit subtractors: 2 layers, 3 heads gave 4 of 5 under every knob; 3 layers, 4 heads 5 of 5 (batch 128 lost 1 of 2).
-# Mixed (3 layers, 4 heads, 80% subtraction as the papers): one operator per batch 1 of 5, split 80/20 5 of 5.
+# Mixed (3 layers, 4 heads, 80% subtraction as the papers): one operator per batch 1 of 5, split 80/20 5 of 5 on
+# one thread and 4 of 5 idle (2026-12-07); 5% sparse operands lost 1 of 2.
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
 FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 4800}  # at 5 digits; x1.25 per digit above 5
