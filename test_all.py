@@ -180,8 +180,8 @@ def test_mixed_batches_by_batch_or_by_question():
             raise AssertionError("an unknown mix_by was accepted")
         except ValueError as e:
             assert "mix_by" in str(e)
-    assert resolve_flags("--task", "mix")[1].mix_by == "batch"
-    assert resolve_flags("--task", "mix", "--mix-by", "question")[1].mix_by == "question"
+    assert resolve_flags("--task", "mix")[1].mix_by == "question"  # the measured default; the papers' by a flag
+    assert resolve_flags("--task", "mix", "--mix-by", "batch")[1].mix_by == "batch"
 
 
 def test_short_and_sparse_operands():
@@ -1306,8 +1306,10 @@ def test_config_defaults_are_the_laptop_model():
     assert (cfg.n_layers, cfg.n_heads, tc.steps, tc.lr, tc.eps) == (3, 4, 6000, 3e-3, 1e-8)
     assert resolve_flags("--eps", "1e-6")[1].eps == 1e-6 and resolve_flags("--task", "sub")[0].n_layers == 2
     assert (resolve_flags()[1].amsgrad, resolve_flags("--amsgrad")[1].amsgrad) == (False, True)
-    cfg, tc = resolve_flags("--task", "mix", "--digits", "5")  # 5 digits keeps the plain fast default
-    assert (cfg.n_layers, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (2, 50, "batch", 4800, 3e-3)
+    for digits, steps in ((5, 8000), (3, 8000), (7, 12_500)):  # mixed models take the 6-digit recipe at every size
+        cfg, tc = resolve_flags("--task", "mix", "--digits", str(digits))
+        assert (cfg.n_layers, cfg.n_heads, tc.perc_sub, tc.mix_by, tc.steps, tc.lr) == (3, 4, 80, "question", steps, 3e-3)
+    assert resolve_flags("--task", "mix", "--perc-sub", "66")[1].perc_sub == 66 and resolve_flags("--task", "sub")[1].perc_sub == 100
     cfg, _ = resolve_flags("--preset", "add_d6_l2_h3_t15K")
     assert (cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.n_digits) == (510, 170, 2040, 6)  # the paper's sizes
     sd = small_model(d_model=40, d_head=7, d_mlp=50, n_heads=5).state_dict()
