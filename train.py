@@ -358,14 +358,14 @@ def resolve(args, p):
             p.error(f"preset {args.preset} grows an addition model: run it with reuse.py")
     else:
         task, digits = args.task or "add", args.digits or 5
-        base = dict(FAST, task=task, digits=digits, perc_sub=50, p_sparse=0.0,
+        base = dict(FAST, task=task, digits=digits, p_sparse=0.0,
                     steps=int(FAST_STEPS[task] * 1.25 ** max(0, digits - 5)))  # more digits, more steps
         base.update(FAST_TASK.get(task, {}), **MEASURED.get((task, digits), {}))
     explicit = {k: v for k, v in vars(args).items() if v is not None and k in TRAIN_FLAGS[:-1]}
     b = {**base, **explicit}
     if not 1 <= b["digits"] <= data.MAX_DIGITS:
         p.error(f"--digits must be from 1 to {data.MAX_DIGITS}, not {b['digits']}")
-    if not 0 <= b["perc_sub"] <= 100:
+    if not 0 <= b.get("perc_sub", 0) <= 100:
         p.error(f"--perc-sub must be from 0 to 100, not {b['perc_sub']}")
     for key, flag in (("p_short", "--short-operands"), ("p_sparse", "--sparse-operands"), ("p_near9", "--near-nines")):
         if not 0 <= b.get(key, 0) <= 1:
@@ -379,7 +379,7 @@ def resolve(args, p):
     d_mlp = b.get("d_mlp") or 4 * b["d_model"]
     cfg = Config(n_digits=b["digits"], n_layers=b["layers"], n_heads=b["heads"], d_model=b["d_model"],
                  d_head=b["d_head"], d_mlp=d_mlp)
-    perc = {"add": 0, "sub": 100}.get(b["task"], b["perc_sub"])
+    perc = {"add": 0, "sub": 100}.get(b["task"], b.get("perc_sub"))  # mix: FAST_TASK's or a flag
     defaults = TrainConfig()
     check_every = b.get("check_every") or (250 if b.get("until_verified") else 0)
     tc = TrainConfig(task=b["task"], n_digits=b["digits"], steps=b["steps"], batch_size=b["batch_size"],
