@@ -35,7 +35,7 @@ import torch
 import data
 import evaluate
 import train
-from cli import Parser
+from cli import Parser, verify_count
 from model import Config, Transformer, load_model, pick_device
 
 
@@ -105,8 +105,9 @@ def main(argv=None):
     p.add_argument("--paper-steps", type=int, default=20,
                    help="speed: steps timed for the paper preset (default 20)")
     p.add_argument("--checkpoint", help="model for the 1M check (default: the shipped one the default command made)")
-    p.add_argument("--questions", type=int, default=1_000_000,
-                   help="fresh uniform questions per operation in the verification check (default 1000000)")
+    p.add_argument("--questions", type=verify_count, default=1_000_000,
+                   help="fresh uniform questions per operation in the verification check, or 'all' (every "
+                   "question, n <= 3) (default 1000000)")
     p.add_argument("--seeds", type=int, default=0, help="sweep: train seeds 1..K instead (default 0: no sweep)")
     p.add_argument("--first-seed", type=int, default=1,
                    help="sweep: train only seeds FIRST..K (a second process can take the others; default 1)")
@@ -123,6 +124,8 @@ def main(argv=None):
         return sweep(args, rest)
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)} (train.py flags go with --seeds)")
+    if args.questions == "all":
+        p.error("--questions all goes with --seeds K (a sweep of a model of at most 3 digits)")
 
     cores = torch.get_num_threads()
     peak = {t: matmul_rate(t) for t in sorted({1, cores})}
@@ -199,6 +202,8 @@ def sweep(args, rest):
         rest = [*rest, "--check-every", "250"]
     flags = p.parse_args(rest)
     cfg, tc = train.resolve(flags, p)
+    if args.questions == "all" and tc.n_digits > 3:
+        p.error(f"--questions all needs at most 3 digits (10^{2 * tc.n_digits} questions per operation here)")
     try:
         device = pick_device(flags.device)
     except ValueError as e:
@@ -252,16 +257,21 @@ def sweep(args, rest):
                 f"({r['loss_rise'][1]} steps above 10x)") if "loss_rise" in r else ""
         print(f"seed {seed}{' (from the results file)' * (seed in earlier)}: {to}; trained {r['steps']:,} steps "
               f"in {r['train_seconds']:.0f} s{rise}; "
-              f"{r['questions']:,} uniform per operation + named sets: "
+              f"{count(r['questions'])} per operation + named sets: "
               + (f"errors {wrong}, e.g. {'; '.join(r['failures'][:3])}" if wrong else "no errors"))
     rows = {**done(), **rows}  # seeds that another process finished meanwhile count in the summary
     ok = [r for s, r in rows.items() if s <= args.seeds and not any(r["errors"].values())]
     times = sorted(r["seconds_to_verified"] for s, r in rows.items() if s <= args.seeds and r["verified_step"])
     missing = [s for s in range(1, args.seeds + 1) if s not in rows]
-    print(f"{len(ok)} of {args.seeds} seeds verified ({args.questions:,} fresh uniform questions per operation "
+    print(f"{len(ok)} of {args.seeds} seeds verified ({count(args.questions)} questions per operation "
           f"and every named set)" + (f"; not finished: seed {', '.join(map(str, missing))}" if missing else "")
           + (f"; median time to the first zero-error check {statistics.median(times):.0f} s" if times else ""))
     return 0
+
+
+def count(questions):
+    """How a sweep's check is named: '1,000,000 uniform' or 'all' (every question)."""
+    return "all" if questions == "all" else f"{questions:,} uniform"
 
 
 def tc_str(row):
