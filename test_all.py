@@ -1290,12 +1290,16 @@ def test_config_defaults_are_the_laptop_model():
     cfg = Config(n_digits=5)
     command, _ = resolve_flags()  # `python train.py`
     assert cfg == command and (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == (2, 3, 64, 16, 256)
-    sparse = {}  # the measured sparse-operand shares: the 5-, 6- and 10-digit adders only; a flag wins
+    sparse = {}  # the measured sparse-operand shares: adders of 5 digits and more only; a flag wins
     for flags in (["--task", "add"], ["--task", "sub"], ["--task", "mix"], ["--digits", "6"], ["--digits", "10"],
-                  ["--task", "sub", "--digits", "10"], ["--sparse-operands", "0"]):
+                  ["--digits", "4"], ["--digits", "7"], ["--task", "sub", "--digits", "10"], ["--sparse-operands", "0"]):
         sparse[" ".join(flags)] = resolve_flags(*flags)[1].p_sparse
-    assert sparse == {"--task add": 0.05, "--task sub": 0.0, "--task mix": 0.0, "--digits 6": 0.05,
-                      "--digits 10": 0.05, "--task sub --digits 10": 0.0, "--sparse-operands 0": 0.0}
+    assert sparse == {"--task add": 0.05, "--task sub": 0.0, "--task mix": 0.0, "--digits 6": 0.05, "--digits 10": 0.05,
+                      "--digits 4": 0.0, "--digits 7": 0.05, "--task sub --digits 10": 0.0, "--sparse-operands 0": 0.0}
+    for digits, layers in ((5, 2), (6, 3), (7, 3), (10, 3)):  # subtractors take 3 layers, 4 heads from 6 digits
+        cfg, tc = resolve_flags("--task", "sub", "--digits", str(digits))
+        assert (cfg.n_layers, cfg.n_heads, tc.steps) == (layers, layers + 1, int(4800 * 1.25 ** (digits - 5)))
+    assert [resolve_flags("--digits", str(n))[1].steps for n in (1, 3, 4, 7)] == [2000, 2000, 2000, 3125]
     assert [(tc.batch_size, tc.steps) for tc in (resolve_flags()[1], resolve_flags("--batch-size", "256")[1],
                                                  resolve_flags("--task", "sub")[1])] == [(128, 4000), (256, 4000), (256, 4800)]
     cfg, tc = resolve_flags("--task", "mix", "--digits", "6")  # the measured 6-digit recipes, and a flag wins

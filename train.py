@@ -75,12 +75,16 @@ for _p in PRESETS.values():
 # 327 s; 2026-12-07). So mixed models take it at every size (4 digits: seed 1 verified; others not measured).
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
-FAST_TASK = {"mix": dict(layers=3, heads=4, perc_sub=80, mix_by="question")}  # over FAST, at every size
-FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 8000}  # at 5 digits; x1.25 per digit above 5
+# Other sizes (one thread, 3 seeds each, 2026-12-07): the defaults verified every seed at 1-4 digits, add and sub
+# (1,280 steps at 3 digits left 946+944 wrong, so steps do not shrink below 5 digits); with 5% sparse operands the
+# 7-digit adder and with 3 layers, 4 heads the 7-digit subtractor verified too. So from the size each was first
+# needed at (5 and 6 digits, the comment above), adders keep sparse operands and subtractors the deeper model.
+FROM_DIGITS = {("mix", 1): dict(layers=3, heads=4, perc_sub=80, mix_by="question"),  # over FAST, at this many
+               ("add", 5): dict(p_sparse=0.05), ("sub", 6): dict(layers=3, heads=4)}  # digits and more
+FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 8000}  # up to 5 digits; x1.25 per digit above 5
 # Settings measured for one (task, digits), over the fast defaults; the comment above gives their figures.
-MEASURED = {("add", 5): dict(p_sparse=0.05, batch_size=128, steps=4000, lr_loss_ref=3e-3, p_near9=0.1),
-            ("add", 6): dict(p_sparse=0.05, batch_size=128, steps=5000), ("add", 10): dict(p_sparse=0.05),
-            ("sub", 6): dict(layers=3, heads=4)}
+MEASURED = {("add", 5): dict(batch_size=128, steps=4000, lr_loss_ref=3e-3, p_near9=0.1),
+            ("add", 6): dict(batch_size=128, steps=5000)}
 
 
 @dataclass
@@ -286,8 +290,8 @@ def build_parser():
                "each reported apart.")
     p.add_argument("--task", choices=["add", "sub", "mix"], help="operation to learn (default add)")
     p.add_argument("--digits", type=int, help=f"digits per operand, 1 to {data.MAX_DIGITS} (default 5)")
-    p.add_argument("--layers", type=positive(int), help="transformer blocks (default 2; mix and the 6-digit sub 3)")
-    p.add_argument("--heads", type=positive(int), help="attention heads per block (default 3; mix and the 6-digit sub 4)")
+    p.add_argument("--layers", type=positive(int), help="transformer blocks (default 2; mix, and sub from 6 digits, 3)")
+    p.add_argument("--heads", type=positive(int), help="attention heads per block (default 3; mix, and sub from 6 digits, 4)")
     p.add_argument("--d-model", type=positive(int), help="residual stream width (default 64; paper 510)")
     p.add_argument("--d-head", type=positive(int), help="width of each head (default 16; paper 170)")
     p.add_argument("--d-mlp", type=positive(int), help="MLP hidden width (default 4*d_model)")
@@ -315,8 +319,8 @@ def build_parser():
     p.add_argument("--short-operands", dest="p_short", type=float,
                    help="share of questions whose top digits are zeroed, 0 to 1 (default 0.1; paper 0)")
     p.add_argument("--sparse-operands", dest="p_sparse", type=float,
-                   help="share of questions with a random set of columns zeroed, 0 to 1 (default 0.05 for the 5-, 6- "
-                        "and 10-digit adders, else 0; paper 0)")
+                   help="share of questions with a random set of columns zeroed, 0 to 1 (default 0.05 for adders "
+                        "of 5 digits and more, else 0; paper 0)")
     p.add_argument("--near-nines", dest="p_near9", type=float, help="share of additions given a carry into a column "
                    "summing to 7 or 8, 0 to 1 (default 0.1 for the 5-digit adder, else 0; paper 0)")
     p.add_argument("--seed", type=int, help="seed for initialisation and data (default 1)")
@@ -340,7 +344,7 @@ def build_parser():
     p.add_argument("--ask", nargs="+", metavar="QUESTION", help="with --checkpoint: answer questions such as "
                    "12345+67890 by generation, token by token ('-': one question a line from standard input)")
     flag = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
-    listed = [(f"{t} at every size", m) for t, m in FAST_TASK.items()]
+    listed = [(f"{t} at every size" if n == 1 else f"{t} from {n} digits", m) for (t, n), m in FROM_DIGITS.items()]
     listed += [(f"{t} {n} digits", m) for (t, n), m in MEASURED.items()]
     p.epilog = ("Measured defaults for one task (and size), over those above: " + "; ".join(
         f"{what}: " + ", ".join(f"{flag[k]} {v}" for k, v in m.items()) for what, m in listed)
@@ -360,7 +364,10 @@ def resolve(args, p):
         task, digits = args.task or "add", args.digits or 5
         base = dict(FAST, task=task, digits=digits, p_sparse=0.0,
                     steps=int(FAST_STEPS[task] * 1.25 ** max(0, digits - 5)))  # more digits, more steps
-        base.update(FAST_TASK.get(task, {}), **MEASURED.get((task, digits), {}))
+        for (t, n), settings in FROM_DIGITS.items():
+            if t == task and digits >= n:
+                base.update(settings)
+        base.update(MEASURED.get((task, digits), {}))
     explicit = {k: v for k, v in vars(args).items() if v is not None and k in TRAIN_FLAGS[:-1]}
     b = {**base, **explicit}
     if not 1 <= b["digits"] <= data.MAX_DIGITS:
@@ -379,7 +386,7 @@ def resolve(args, p):
     d_mlp = b.get("d_mlp") or 4 * b["d_model"]
     cfg = Config(n_digits=b["digits"], n_layers=b["layers"], n_heads=b["heads"], d_model=b["d_model"],
                  d_head=b["d_head"], d_mlp=d_mlp)
-    perc = {"add": 0, "sub": 100}.get(b["task"], b.get("perc_sub"))  # mix: FAST_TASK's or a flag
+    perc = {"add": 0, "sub": 100}.get(b["task"], b.get("perc_sub"))  # mix: FROM_DIGITS' or a flag
     defaults = TrainConfig()
     check_every = b.get("check_every") or (250 if b.get("until_verified") else 0)
     tc = TrainConfig(task=b["task"], n_digits=b["digits"], steps=b["steps"], batch_size=b["batch_size"],
