@@ -225,6 +225,7 @@ def sweep(args, rest):
     earlier = set(rows)
     print(f"results: {path} ({len(rows)} seed(s) done before); flags: {' '.join(rest)}")
     for seed in range(1, args.seeds + 1):
+        rows = {**done(), **rows}  # a process beside this one may have finished this seed meanwhile
         if seed < args.first_seed and seed not in rows:
             print(f"seed {seed}: not finished (left to another process: --first-seed {args.first_seed})")
             continue

@@ -1860,6 +1860,23 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
             train.train = real
         summary = log.getvalue().splitlines()[-1]
         assert "of 2 seeds verified" in summary and "not finished" not in summary  # seed 1 counted at the end
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):  # sweeps that overlap
+        assert bench.main(["--seeds", "2", "--first-seed", "2", *flags, "--results", d]) == 0
+        path = os.path.join(d, os.listdir(d)[0])
+        seed2, trained = open(path).read(), []
+        os.remove(path)
+
+        def overlap(*a, **k):  # another process finishes seed 2 while this one trains seed 1
+            trained.append(1)
+            with open(path, "a") as f:
+                f.write(seed2)
+            return real(*a, **k)
+        train.train = overlap
+        try:
+            assert bench.main(["--seeds", "2", *flags, "--results", d]) == 0
+        finally:
+            train.train = real
+        assert len(trained) == 1 and sorted(json.loads(line)["seed"] for line in open(path)) == [1, 2]  # not again
     with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:  # every question
         assert bench.main(["--seeds", "1", *flags[:-1], "all", "--results", d]) == 0
         (row,) = map(json.loads, open(os.path.join(d, os.listdir(d)[0])))
