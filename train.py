@@ -76,9 +76,9 @@ for _p in PRESETS.values():
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
 # Other sizes (one thread, 3 seeds each, 2026-12-07): the defaults verified every seed at 1-4 digits, add and sub
-# (1,280 steps at 3 digits left 946+944 wrong, so steps do not shrink below 5 digits); with 5% sparse operands the
-# 7-digit adder and with 3 layers, 4 heads the 7-digit subtractor verified too. So from the size each was first
-# needed at (5 and 6 digits, the comment above), adders keep sparse operands and subtractors the deeper model.
+# (1,280 steps at 3 digits left 946+944 wrong, so steps do not shrink below 5 digits); at 7 digits the adder with 5%
+# sparse operands 3 of 3, the subtractor with 3 layers, 4 heads 2 of 3 (one seed stalled). So from the size each was
+# first needed at (5 and 6 digits, the comment above), adders keep sparse operands and subtractors the deeper model.
 FROM_DIGITS = {("mix", 1): dict(layers=3, heads=4, perc_sub=80, mix_by="question"),  # over FAST, at this many
                ("add", 5): dict(p_sparse=0.05), ("sub", 6): dict(layers=3, heads=4)}  # digits and more
 FAST_STEPS = {"add": 2000, "sub": 4800, "mix": 8000}  # up to 5 digits; x1.25 per digit above 5
