@@ -222,7 +222,7 @@ def sweep(args, rest):
         with open(path) as f:
             return {r["seed"]: r for r in map(json.loads, f)}
     rows = done()
-    earlier = set(rows)
+    trained = set()  # seeds this process trains; the others are read from the file
     print(f"results: {path} ({len(rows)} seed(s) done before); flags: {' '.join(rest)}")
     for seed in range(1, args.seeds + 1):
         rows = {**done(), **rows}  # a process beside this one may have finished this seed meanwhile
@@ -239,6 +239,7 @@ def sweep(args, rest):
             t = time.perf_counter()
             res = evaluate.verify(model, tc.task, tc.n_digits, args.questions, seed=seed, progress=False, n_enriched=0)
             first = next((c for c in hist["checks"] if c["step"] == hist["verified_step"]), None)
+            trained.add(seed)
             rows[seed] = dict(seed=seed, flags=rest, cpu=torch.backends.cpu.get_cpu_capability(),
                               threads=torch.get_num_threads(), steps=hist["steps_done"], train_seconds=round(hist["seconds"], 1),
                               verified_step=hist["verified_step"], seconds_to_verified=first and first["seconds"],
@@ -256,7 +257,7 @@ def sweep(args, rest):
               if r["verified_step"] else f"no zero-error check in {r['steps']:,} steps")
         rise = (f"; loss rose up to {r['loss_rise'][0]}x above its running minimum after warm-up "
                 f"({r['loss_rise'][1]} steps above 10x)") if "loss_rise" in r else ""
-        print(f"seed {seed}{' (from the results file)' * (seed in earlier)}: {to}; trained {r['steps']:,} steps "
+        print(f"seed {seed}{' (from the results file)' * (seed not in trained)}: {to}; trained {r['steps']:,} steps "
               f"in {r['train_seconds']:.0f} s{rise}; "
               f"{count(r['questions'])} per operation + named sets: "
               + (f"errors {wrong}, e.g. {'; '.join(r['failures'][:3])}" if wrong else "no errors"))

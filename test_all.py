@@ -1860,7 +1860,7 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
             train.train = real
         summary = log.getvalue().splitlines()[-1]
         assert "of 2 seeds verified" in summary and "not finished" not in summary  # seed 1 counted at the end
-    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):  # sweeps that overlap
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:  # sweeps that overlap
         assert bench.main(["--seeds", "2", "--first-seed", "2", *flags, "--results", d]) == 0
         path = os.path.join(d, os.listdir(d)[0])
         seed2, trained = open(path).read(), []
@@ -1877,6 +1877,7 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         finally:
             train.train = real
         assert len(trained) == 1 and sorted(json.loads(line)["seed"] for line in open(path)) == [1, 2]  # not again
+        assert "seed 2 (from the results file):" in log.getvalue() and "seed 1 (from" not in log.getvalue()
     with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as log:  # every question
         assert bench.main(["--seeds", "1", *flags[:-1], "all", "--results", d]) == 0
         (row,) = map(json.loads, open(os.path.join(d, os.listdir(d)[0])))
