@@ -265,15 +265,15 @@ def sweep(args, rest):
     ok = [r for s, r in rows.items() if s <= args.seeds and not any(r["errors"].values())]
     times = sorted(r["seconds_to_verified"] for s, r in rows.items() if s <= args.seeds and r["verified_step"])
     missing = [s for s in range(1, args.seeds + 1) if s not in rows]
-    print(f"{len(ok)} of {args.seeds} seeds verified ({count(args.questions)} questions per operation "
+    print(f"{len(ok)} of {args.seeds} seeds verified ({count(args.questions)} per operation "
           f"and every named set)" + (f"; not finished: seed {', '.join(map(str, missing))}" if missing else "")
           + (f"; median time to the first zero-error check {statistics.median(times):.0f} s" if times else ""))
     return 0
 
 
 def count(questions):
-    """How a sweep's check is named: '1,000,000 uniform' or 'all' (every question)."""
-    return "all" if questions == "all" else f"{questions:,} uniform"
+    """How a sweep's check is named: '1,000,000 uniform questions' or 'every question' (--questions all)."""
+    return "every question" if questions == "all" else f"{questions:,} uniform questions"
 
 
 def tc_str(row):

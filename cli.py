@@ -51,7 +51,13 @@ def bounded(low, high=math.inf):
 
 def verify_count(s):
     """An argparse type: a positive number of questions, or 'all'."""
-    return "all" if s == "all" else positive(int)(s)
+    if s == "all":
+        return s
+    try:
+        int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number or 'all'") from None
+    return positive(int)(s)
 
 
 def open_checkpoint(p, path, task=None, device="cpu"):

@@ -1882,12 +1882,14 @@ def test_bench_sweep_records_each_seed_and_a_rerun_skips_finished_ones():
         assert bench.main(["--seeds", "1", *flags[:-1], "all", "--results", d]) == 0
         (row,) = map(json.loads, open(os.path.join(d, os.listdir(d)[0])))
         assert row["questions"] == "all" and "add all" in row["errors"] and "add uniform" not in row["errors"]
-        assert "all per operation + named sets" in log.getvalue() and "(all questions per operation" in log.getvalue()
+        assert "every question per operation + named sets" in log.getvalue()
+        assert "(every question per operation and every named set)" in log.getvalue()
     assert "drop --seed" in cli_error(bench.main, ["--seeds", "2", "--seed", "4"])
     for args, says in ((["--seeds", "-1"], "--seeds must be 0"), (["--first-seed", "2"], "goes with --seeds"),
                        (["--seeds", "2", "--first-seed", "3"], "--first-seed 3: must be between 1 and --seeds"),
                        (["--questions", "all"], "--questions all goes with --seeds K"),
-                       (["--seeds", "1", "--digits", "4", "--questions", "all"], "--questions all needs at most 3 digits")):
+                       (["--seeds", "1", "--digits", "4", "--questions", "all"], "--questions all needs at most 3 digits"),
+                       (["--seeds", "1", "--questions", "lots"], "'lots' is not a whole number or 'all'")):
         msg = cli_error(bench.main, args)
         assert says in msg and msg.startswith("bench.py: error:") and len(msg.splitlines()) == 1, (args, msg)
     assert "unknown device 'tpu'" in cli_error(bench.main, ["--seeds", "1", "--device", "tpu"])
