@@ -35,7 +35,7 @@ import torch
 import data
 import evaluate
 import train
-from cli import Parser, verify_count
+from cli import Parser, every_question_fits, verify_count
 from model import Config, Transformer, load_model, pick_device
 
 
@@ -202,8 +202,7 @@ def sweep(args, rest):
         rest = [*rest, "--check-every", "250"]
     flags = p.parse_args(rest)
     cfg, tc = train.resolve(flags, p)
-    if args.questions == "all" and tc.n_digits > 3:
-        p.error(f"--questions all needs at most 3 digits (10^{2 * tc.n_digits} questions per operation here)")
+    every_question_fits(p, "--questions", args.questions, tc.n_digits)
     try:
         device = pick_device(flags.device)
     except ValueError as e:

@@ -60,6 +60,12 @@ def verify_count(s):
     return positive(int)(s)
 
 
+def every_question_fits(p, flag, count, n_digits):
+    """One line through parser p when `count` is 'all' (every question) for a model of more than 3 digits."""
+    if count == "all" and n_digits > 3:
+        p.error(f"{flag} all needs at most 3 digits (10^{2 * n_digits} questions per operation here)")
+
+
 def open_checkpoint(p, path, task=None, device="cpu"):
     """Load a checkpoint for a command line: (model, info, task), or a one-line error through parser p.
     `task` is what the user asked for: required when the checkpoint does not say (TransformerLens files)."""

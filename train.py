@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import data
 from artefacts import describe, free_name, record_verification, load_resume, run_name, save_resume, write_outputs
-from cli import Parser, bounded, open_checkpoint, positive, verify_count
+from cli import Parser, bounded, every_question_fits, open_checkpoint, positive, verify_count
 from evaluate import answer_nll, ask_lines, check, report, verify
 from model import CheckpointError, Config, Transformer, pick_device
 
@@ -407,8 +407,7 @@ def verify_checkpoint(args, p, device):
     n = model.cfg.n_digits
     if args.digits is not None and args.digits != n:
         p.error(f"{args.checkpoint}: is a {n}-digit model, not {args.digits}")
-    if args.verify == "all" and n > 3:
-        p.error(f"--verify all needs at most 3 digits (10^{2 * n} questions per operation here)")
+    every_question_fits(p, "--verify", args.verify, n)
     set_threads(model.cfg)
     t0 = time.time()
     results = verify(model, task, n, args.verify, seed=info.get("seed", 0), progress=not args.no_progress)
@@ -466,8 +465,7 @@ def main(argv=None):
         target = os.path.join(args.out, run_name(tc, cfg) + ".pt")
         if os.path.exists(target) and not args.overwrite:
             p.error(f"{target} exists: pass --overwrite to replace it, or choose another --out")
-    if args.verify == "all" and cfg.n_digits > 3:
-        p.error(f"--verify all needs at most 3 digits (10^{2 * cfg.n_digits} questions per operation here)")
+    every_question_fits(p, "--verify", args.verify, cfg.n_digits)
     set_threads(cfg)
     print(describe(cfg, tc, device, sum(p.numel() for p in model.parameters()), torch.get_num_threads()), flush=True)
     history = train(model, tc, device, progress=not args.no_progress, resume=resume)
