@@ -66,7 +66,8 @@ for _p in PRESETS.values():
 # The 5-digit adder at batch 128 still rose 17x-11,923x (20x-573x on 2026-12-06's machine). Its rate scaled with
 # the loss below 3e-3 (--lr-loss-ref) and 10% carries into a 7 or 8 (--near-nines, its usual near-miss) verified
 # 16 of 16 under 8x, median 42 s idle to the first zero-error check against 62 s (2026-12-06); 15 of 15, 36 s, two
-# one-step rises (14x, 87x; 2026-12-07). Reference 1e-3: 13 of 15, 4 above 10x; 3,000 steps lost 2 of 10.
+# one-step rises (14x, 87x; 2026-12-07). Reference 1e-3: 13 of 15, 4 above 10x; 3,000 steps lost 2 of 10; 3,500
+# verified 10 of 10 but 3 rose above 10x; d_model 48 lost 1 of 2.
 # 6-digit subtractors: 2 layers, 3 heads gave 4 of 5 under every knob; 3 layers, 4 heads 5 of 5 (batch 128 lost 1 of 2).
 # Mixed (3 layers, 4 heads, 80% subtraction as the papers' grown models): one operator per batch 1 of 5, split 80/20
 # 5 of 5 on one thread and 4 of 5 idle at 6 digits (2026-12-07); 5% sparse operands lost 1 of 2. At 5 digits (seed 1)
