@@ -73,7 +73,7 @@ for _p in PRESETS.values():
 # 5 of 5 on one thread and 4 of 5 idle at 6 digits (2026-12-07); 5% sparse operands lost 1 of 2. At 5 digits (seed 1)
 # the former default (2 layers, 50% by batch, 4,800 steps) got 69,507 of 10^6 subtractions wrong and 2 layers split
 # 80/20 for 6,000 steps 94 questions; the 6-digit recipe at 8,000 steps 5 of 5 on one thread and 5 of 5 idle (median
-# 327 s; 2026-12-07). So mixed models take it at every size (3, 4 digits: seed 1 verified; 1, 2, 7+ unmeasured).
+# 327 s; 2026-12-07). So mixed models take it at every size (1-2 digits 3 of 3; 3, 4: seed 1 verified; 7+ unmeasured).
 FAST = dict(layers=2, heads=3, d_model=64, d_head=16, batch_size=256, lr=3e-3, weight_decay=0.1, seed=1,
             p_short=0.1, betas=(0.9, 0.95), warmup=0.1, clip=1.0, check_every=250)
 # Other sizes (one thread, 3 seeds each, 2026-12-07): the defaults verified every seed at 1-4 digits, add and sub
