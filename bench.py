@@ -13,7 +13,8 @@ check, against the paper preset's 15,000 steps x its step time plus its check (t
 multiply-add; backward = 2x forward).
 Sweep (--seeds K): per seed, the steps and wall time to the first check with zero errors (checks every 250
 steps unless --check-every says otherwise), then errors on --questions fresh uniform questions per
-operation (default 10^6, the papers' check) and on every named set, and the loss curve's worst rise after
+operation (default 10^6, the papers' check), every named and sparse set and a tenth as many stress questions
+per operation (evaluate.question_sets), and the loss curve's worst rise after
 warm-up (loss_rise); "K of N seeds verified" counts seeds with zero errors there. `--device cuda` trains
 and checks on a GPU. Each seed's result is appended to a JSON-lines file under --results the moment
 it finishes, in a file named for the resolved settings (model, training, questions, device, threads); a
@@ -160,7 +161,7 @@ def main(argv=None):
         train.set_threads(model.cfg)
         t = time.perf_counter()
         results = evaluate.verify(model, "add", model.cfg.n_digits, args.questions, seed=info.get("seed", 0),
-                                  progress=False, n_enriched=0)
+                                  progress=False, n_enriched=0, n_stress=0)  # as timed before the stress sets
         secs = time.perf_counter() - t
         errors = sum(r["questions"] - r["correct"] for r in results.values())
         rate = forward_flops(model.cfg, args.questions, model.cfg.n_digits + 2) / secs
@@ -211,7 +212,8 @@ def sweep(args, rest):
     # The file is named for the resolved settings, not the flags: a rerun after a default changed starts afresh,
     # as does one on a CPU of another instruction set (it sums in another order: another run for the same seed).
     run = dict(model=vars(cfg), train={k: v for k, v in vars(tc).items() if k != "seed"}, questions=args.questions,
-               device=str(device), threads=torch.get_num_threads(), cpu=torch.backends.cpu.get_cpu_capability())
+               device=str(device), threads=torch.get_num_threads(), cpu=torch.backends.cpu.get_cpu_capability(),
+               stress=True)  # the final check has the stress sets: sweeps from before them are other files
     key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:10]
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, f"{tc.task}_d{tc.n_digits}_{key}.jsonl")

@@ -9,7 +9,7 @@ reuse.py trains the runs; this file keeps them and reports them. Each finished r
 same command run again skips it and a folder never mixes settings. The report (compare.md, compare.json,
 compare.png) covers every finished run in the folder: per seed and arm, the steps and minutes to the first
 check with zero errors, the errors of the final check (fresh uniform and enriched questions per operation,
-every named and sparse set) and the final loss; per arm, the seeds verified and the median steps to
+every named, sparse and stress set) and the final loss; per arm, the seeds verified and the median steps to
 verified; a plot of the errors at each check. Left out on purpose: significance tests (5 seeds per arm
 cannot carry them).
 """
@@ -117,7 +117,7 @@ def record(folder, settings, arm, seed, name, history, results, adder=None) -> d
 
 def split_errors(row):
     """Errors at the end: (fresh uniform additions, fresh uniform subtractions, fresh enriched questions of
-    both operations, the named and sparse sets)."""
+    both operations, the named, sparse and stress sets)."""
     e = row["errors"]
     return (e.get("add uniform", 0), e.get("sub uniform", 0), sum(v for k, v in e.items() if k.endswith("enriched")),
             sum(v for k, v in e.items() if not k.endswith(evaluate.FRESH)))
@@ -167,7 +167,8 @@ def markdown(settings, rows, summary, usage=None) -> str:
              f"{t['steps']:,} steps{', stopped at the first zero-error check' if t['until_verified'] else ''}. "
              f"Checked every {t['check_every']} steps on {t['check_questions']:,} fresh uniform and as many enriched "
              f"questions per operation, the named and sparse sets; at the end on {n:,} fresh uniform (add errors, "
-             f"sub errors) and {n // 10:,} enriched questions per operation, every named set and every sparse one "
+             f"sub errors) and {n // 10:,} enriched and as many stress questions per operation (runs since the stress "
+             f"sets existed), every named set and every sparse one "
              f"(a run with no zero-error check cannot be verified: it is checked on {n // 10:,} uniform and "
              f"{n // 100:,} enriched questions per operation, marked *).",
              "",

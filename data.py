@@ -341,6 +341,48 @@ def sparse_pairs(n_digits: int, sample=None, gen: torch.Generator = None) -> tor
     return torch.unique(torch.cat(pairs), dim=0)
 
 
+STRESS = ("digits 0,1,8,9", "digits 0,9", "digits 4,5", "digits 0,4,5,9", "an operand 0, 1 or 10^n-1",
+          "b within 999 of a", "a+b within 50 of 10^k", "random lengths", "columns summing to 9",
+          "columns of equal digits")
+
+
+def stress_pairs(n_digits: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n operand pairs (n, 2) in [0, 10^n_digits), each from one of the STRESS families (drawn uniformly):
+    every digit of both operands from a small alphabet at the edges of carrying and borrowing; one operand
+    0, 1 or 10^n-1 (either side) and the other uniform; b = a + d for d uniform in [-999, 999] (a = b
+    included: long equal prefixes, where the sign is decided deep down); a + b = 10^k + d, |d| <= 50 (a
+    carry cascade to the top); each operand uniform below 10^k, k uniform in 1..n digits; and every
+    column summing to 9, or every column's digits equal, except ~20% of cells left random (cascades).
+    Not in the papers: kinds of question an outside evaluator might try, that uniform questions seldom
+    are (a checked 6-digit mixed model got 900999-091809 wrong: 1 in ~10^6 of the alphabet questions)."""
+    nd = check_digits(n_digits)
+    top = 10 ** nd
+    place = 10 ** torch.arange(nd - 1, -1, -1)                              # (nd,) most significant first
+    value = lambda d: (d * place).sum(-1)                                   # noqa: E731  (..., nd) -> (...)
+    uniform = lambda: torch.randint(top, (n,), generator=gen)               # noqa: E731
+    da, db = torch.randint(10, (2, n, nd), generator=gen)                   # (n, nd) random digits
+    keep = torch.rand(n, nd, generator=gen) < 0.2                           # (n, nd) cells left random
+    fam = {}
+    for name, alphabet in zip(STRESS[:4], ([0, 1, 8, 9], [0, 9], [4, 5], [0, 4, 5, 9])):
+        al = torch.tensor(alphabet)
+        fam[name] = value(al[torch.randint(len(al), (2, n, nd), generator=gen)])  # (2, n)
+    a, edge = uniform(), torch.tensor([0, 1, top - 1])[torch.randint(3, (n,), generator=gen)]
+    swap = torch.rand(n, generator=gen) < 0.5
+    fam[STRESS[4]] = torch.stack([torch.where(swap, edge, a), torch.where(swap, a, edge)])
+    a = uniform()
+    fam[STRESS[5]] = torch.stack([a, (a + torch.randint(-999, 1000, (n,), generator=gen)).clamp(0, top - 1)])
+    k = torch.randint(1, nd + 1, (n,), generator=gen)
+    a = uniform() % 10 ** k
+    fam[STRESS[6]] = torch.stack([a, (10 ** k - a + torch.randint(-50, 51, (n,), generator=gen)).clamp(0, top - 1)])
+    fam[STRESS[7]] = torch.stack([uniform() % 10 ** torch.randint(1, nd + 1, (n,), generator=gen),
+                                  uniform() % 10 ** torch.randint(1, nd + 1, (n,), generator=gen)])
+    fam[STRESS[8]] = torch.stack([value(da), value(torch.where(keep, db, 9 - da))])
+    fam[STRESS[9]] = torch.stack([value(da), value(torch.where(keep, db, da))])
+    pick = torch.randint(len(STRESS), (n,), generator=gen)                  # (n,) each question's family
+    both = torch.stack([fam[name] for name in STRESS])                      # (families, 2, n)
+    return both[pick, :, torch.arange(n)]                                   # (n, 2)
+
+
 def sparse_sets(task: str, n_digits: int, sample=None, gen: torch.Generator = None) -> dict:
     """{"Add.sparse" / "Sub.sparse": tokens (B, 3n+4)} for the task's operations, from `sparse_pairs`
     (the same pairs for both operations)."""

@@ -52,15 +52,22 @@ def all_questions(op, n_digits):
     return data.make_questions(a, b, op, n_digits)
 
 
-def fresh_batches(op, n_digits, n_questions, gen, chunk, enrichment=False):
+def fresh_batches(op, n_digits, n_questions, gen, chunk, enrichment=False, stress=False):
     """Yield n_questions fresh questions (b, 3n+4) of one operation from generator `gen`, `chunk` at a
-    time (never all in memory): uniform digits (the natural distribution), or with `enrichment` the
-    papers' training enrichment (data.enrich: long carry and borrow cascades made common)."""
+    time (never all in memory), drawn only as they are asked for: uniform digits (the natural
+    distribution), with `enrichment` the papers' training enrichment (data.enrich: long carry and borrow
+    cascades made common), or with `stress` the operand pairs of data.stress_pairs."""
     for i in range(0, n_questions, chunk):
-        yield data.random_batch(op, n_digits, min(chunk, n_questions - i), gen, enrichment=enrichment)
+        k = min(chunk, n_questions - i)
+        if stress:
+            pairs = data.stress_pairs(n_digits, k, gen)  # (k, 2)
+            yield data.make_questions(pairs[:, 0], pairs[:, 1], op, n_digits)
+        else:
+            yield data.random_batch(op, n_digits, k, gen, enrichment=enrichment)
 
 
-def question_sets(task, n_digits, n_questions, gen, n_enriched=None, sparse_sample=None, chunk=65536):
+def question_sets(task, n_digits, n_questions, gen, n_enriched=None, sparse_sample=None, chunk=65536,
+                  n_stress=None):
     """The sets `verify` checks, as {name: iterable of token batches (b, 3n+4)}, in this order:
     - `<op> uniform`: n_questions fresh questions per operation, every digit uniform (the natural
       distribution: no enrichment, no short operands); `<op> all` instead when n_questions is 'all';
@@ -68,8 +75,12 @@ def question_sets(task, n_digits, n_questions, gen, n_enriched=None, sparse_samp
       the papers train (data.enrich: in 60% of batches, 40% of the columns sum to 9 or have equal digits);
     - the named sets of data.named_sets (hand-made and rule-generated edge cases);
     - `Add.sparse` / `Sub.sparse` from data.sparse_sets (operands non-zero in at most two columns; every
-      one of them, or all one-column ones plus `sparse_sample` two-column ones drawn from `gen`).
-    Fresh questions come from `gen`, in the order listed (so a seeded `gen` gives the same sets)."""
+      one of them, or all one-column ones plus `sparse_sample` two-column ones drawn from `gen`);
+    - `Add.stress` / `Sub.stress`: n_stress (default n_questions // 10; none for 'all') fresh questions
+      per operation from data.stress_pairs (small digit alphabets, an operand 0, 1 or 10^n-1, near-equal
+      operands, sums near 10^k, random lengths, columns summing to 9 or equal).
+    Fresh questions come from `gen`, in the order listed (so a seeded `gen` gives the same sets, and the
+    stress questions, drawn last, leave the others as they were before they existed)."""
     sets = {}
     n_enriched = n_questions if n_enriched is None else n_enriched
     for op in ops_of(task):
@@ -82,6 +93,10 @@ def question_sets(task, n_digits, n_questions, gen, n_enriched=None, sparse_samp
             sets[f"{op} enriched"] = fresh_batches(op, n_digits, n_enriched, gen, chunk, enrichment=True)
     sets.update({k: [v] for k, v in data.named_sets(task, n_digits).items()})
     sets.update({k: [v] for k, v in data.sparse_sets(task, n_digits, sparse_sample, gen).items()})
+    n_stress = (0 if n_questions == "all" else n_questions // 10) if n_stress is None else n_stress
+    for op in ops_of(task):
+        if n_stress:
+            sets[op.capitalize() + ".stress"] = fresh_batches(op, n_digits, n_stress, gen, chunk, stress=True)
     return sets
 
 
@@ -89,16 +104,17 @@ FRESH = ("uniform", "enriched", "all")  # the endings of the fresh sets' names; 
 
 
 def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=65536, n_enriched=None,
-           sparse_sample=None, gen=None):
+           sparse_sample=None, gen=None, n_stress=None):
     """Check a model on the sets of `question_sets`: fresh uniform questions (the natural distribution),
     fresh enriched ones (the training distribution, from which the papers' 10^6-question check drew),
-    every named set and the sparse sets. "Verified" here means zero errors on all of them. Fresh
-    questions come from `gen`, or else from a generator seeded apart from training's (seed + 1_000_003).
-    n_questions: per operation, or 'all' (every question, n <= 3); n_enriched: default n_questions.
+    every named set, the sparse sets and the stress sets. "Verified" here means zero errors on all of them.
+    Fresh questions come from `gen`, or else from a generator seeded apart from training's (seed + 1_000_003).
+    n_questions: per operation, or 'all' (every question, n <= 3); n_enriched: default n_questions;
+    n_stress: default n_questions // 10 (0 for 'all', where every question is checked anyway).
     Returns {set name: {"questions", "correct", "by_class": {class: [questions, correct]},
     "failures": the first 10 as 'a+b = got (expected)'}}."""
     gen = gen or torch.Generator().manual_seed(seed + 1_000_003)
-    sets = question_sets(task, n_digits, n_questions, gen, n_enriched, sparse_sample, chunk)
+    sets = question_sets(task, n_digits, n_questions, gen, n_enriched, sparse_sample, chunk, n_stress)
     n_enriched = n_questions if n_enriched is None else n_enriched
     per_op = 10 ** (2 * n_digits) if n_questions == "all" else n_questions + n_enriched
     bar = tqdm(total=per_op * len(ops_of(task)), desc="verify", disable=not progress, mininterval=0.5)
@@ -128,10 +144,12 @@ def verify(model, task, n_digits, n_questions, seed=0, progress=True, chunk=6553
 def check(model, task, n_digits, n_questions, gen) -> dict:
     """A quick check during training: errors {set name: wrong answers} on n_questions fresh uniform and
     as many enriched questions per operation, every named set, and the one-column sparse questions plus
-    n_questions two-column ones, all drawn from `gen` (keep it apart from the training data's)."""
+    n_questions two-column ones, all drawn from `gen` (keep it apart from the training data's). No stress
+    sets: the checks draw what they drew before those existed, so recorded runs repeat their checks."""
     was_training = model.training
     model.eval()
-    found = errors(verify(model, task, n_digits, n_questions, progress=False, gen=gen, sparse_sample=n_questions))
+    found = errors(verify(model, task, n_digits, n_questions, progress=False, gen=gen, sparse_sample=n_questions,
+                          n_stress=0))
     model.train(was_training)
     return found
 
@@ -145,7 +163,8 @@ def report(results) -> str:
     """The verification results as a text table: the fresh questions by complexity class, each named set
     in one line, then the verdict: "verified" (no error anywhere) or the first failures as `a+b = got (expected)`."""
     lines = ["uniform: every digit uniform (the natural distribution); enriched: the training distribution (long "
-             "carry/borrow cascades made common; the papers' 10^6 check drew from it); the rest: named sets",
+             "carry/borrow cascades made common; the papers' 10^6 check drew from it); the rest: named, sparse and "
+             "stress sets",
              f"{'set':<12} {'class':<6} {'questions':>10} {'correct':>10} {'%':>9} {'errors':>7}"]
 
     def row(name, c, q, k):

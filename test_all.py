@@ -1167,6 +1167,27 @@ def test_sparse_set_catches_sparse_questions():
     assert "019000-031000" in r["Sub.sparse"]["failures"][0]
 
 
+def test_stress_sets_draw_every_family_and_leave_the_other_sets_alone():
+    n, k = 6, 20_000
+    pairs = data.stress_pairs(n, k, torch.Generator().manual_seed(0))
+    assert pairs.shape == (k, 2) and pairs.min() >= 0 and pairs.max() < 10 ** n
+    d = torch.stack([data.digits_of(pairs[:, 0], n), data.digits_of(pairs[:, 1], n)], 1)  # (k, 2, n)
+    share = lambda hit: hit.float().mean().item()  # noqa: E731
+    a, b = pairs[:, 0], pairs[:, 1]
+    assert 0.18 < share(torch.isin(d, torch.tensor([0, 1, 8, 9])).all(-1).all(-1)) < 0.30  # 2 alphabets of 10 + chance
+    assert 0.07 < share(((d == 4) | (d == 5)).all(-1).all(-1)) < 0.13
+    assert 0.09 < share(torch.isin(pairs, torch.tensor([0, 1, 10 ** n - 1])).any(1)) < 0.2
+    assert 0.15 < share((a - b).abs() <= 999) < 0.35 and 0.01 < share(a == b) < 0.06  # near-equal, equal columns
+    assert 0.12 < share(((d[:, 0] + d[:, 1]) == 9).sum(-1) >= 4) < 0.25  # columns summing to 9, alphabets
+    with_stress = evaluate.question_sets("mix", n, 500, torch.Generator().manual_seed(3))
+    without = evaluate.question_sets("mix", n, 500, torch.Generator().manual_seed(3), n_stress=0)
+    assert [k for k in with_stress if k not in without] == ["Add.stress", "Sub.stress"]
+    for name in without:  # drawn last: every other set is the same questions as without them
+        assert all(torch.equal(x, y) for x, y in zip(with_stress[name], without[name])), name
+    r = evaluate.verify(_Perfect(), "mix", n, 1000, progress=False)
+    assert r["Add.stress"]["questions"] == r["Sub.stress"]["questions"] == 100 and not any(evaluate.errors(r).values())
+
+
 def test_verify_reports_uniform_and_enriched_apart():
     r = evaluate.verify(_Perfect(), "add", 5, 20_000, progress=False)
     share = lambda name, classes: sum(r[name]["by_class"].get(c, [0])[0] for c in classes) / 20_000  # noqa: E731

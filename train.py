@@ -338,8 +338,8 @@ def build_parser():
     p.add_argument("--preset", help="a paper configuration: " + ", ".join(PRESETS))
     p.add_argument("--verify", type=verify_count, default=100_000,
                    help="fresh uniform questions, and as many enriched ones, to check per operation after "
-                   "training, plus every named set; or 'all' (every question, n <= 3) (default 100000; the "
-                   "papers 1000000)")
+                   "training, plus every named and sparse set and a tenth as many stress questions; or 'all' "
+                   "(every question, n <= 3) (default 100000; the papers 1000000)")
     p.add_argument("--checkpoint", help="with --verify: check this checkpoint instead of training")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--ask", nargs="+", metavar="QUESTION", help="with --checkpoint: answer questions such as "
