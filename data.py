@@ -1,7 +1,8 @@
 """
 Arithmetic questions as tokens: encoding, a vectorised batch generator with the papers' enrichment
 (`enrich`) and this project's short operands (`shorten`, off unless asked for), how hard each question
-is (its complexity class), and the named question sets the papers used.
+is (its complexity class), the named question sets the papers used, and this project's sparse and stress
+sets (kinds of question uniform ones seldom are).
 
     python data.py --task sub --digits 6       # prints a few questions with their complexity
 
