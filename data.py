@@ -77,8 +77,8 @@ def digits_of(values: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def value_of(digits: torch.Tensor) -> torch.Tensor:
-    """(B, n) digits, most significant first -> (B,) int64 values."""
-    n = digits.shape[1]
+    """(..., n) digits, most significant first -> (...) int64 values."""
+    n = digits.shape[-1]
     return digits @ (10 ** torch.arange(n - 1, -1, -1, device=digits.device))
 
 
@@ -358,15 +358,13 @@ def stress_pairs(n_digits: int, n: int, gen: torch.Generator) -> torch.Tensor:
     are (a checked 6-digit mixed model got 900999-091809 wrong: 1 in ~10^6 of the alphabet questions)."""
     nd = check_digits(n_digits)
     top = 10 ** nd
-    place = 10 ** torch.arange(nd - 1, -1, -1)                              # (nd,) most significant first
-    value = lambda d: (d * place).sum(-1)                                   # noqa: E731  (..., nd) -> (...)
     uniform = lambda: torch.randint(top, (n,), generator=gen)               # noqa: E731
     da, db = torch.randint(10, (2, n, nd), generator=gen)                   # (n, nd) random digits
     keep = torch.rand(n, nd, generator=gen) < 0.2                           # (n, nd) cells left random
     fam = {}
     for name, alphabet in zip(STRESS[:4], ([0, 1, 8, 9], [0, 9], [4, 5], [0, 4, 5, 9])):
         al = torch.tensor(alphabet)
-        fam[name] = value(al[torch.randint(len(al), (2, n, nd), generator=gen)])  # (2, n)
+        fam[name] = value_of(al[torch.randint(len(al), (2, n, nd), generator=gen)])  # (2, n)
     a, edge = uniform(), torch.tensor([0, 1, top - 1])[torch.randint(3, (n,), generator=gen)]
     swap = torch.rand(n, generator=gen) < 0.5
     fam[STRESS[4]] = torch.stack([torch.where(swap, edge, a), torch.where(swap, a, edge)])
@@ -377,8 +375,8 @@ def stress_pairs(n_digits: int, n: int, gen: torch.Generator) -> torch.Tensor:
     fam[STRESS[6]] = torch.stack([a, (10 ** k - a + torch.randint(-50, 51, (n,), generator=gen)).clamp(0, top - 1)])
     fam[STRESS[7]] = torch.stack([uniform() % 10 ** torch.randint(1, nd + 1, (n,), generator=gen),
                                   uniform() % 10 ** torch.randint(1, nd + 1, (n,), generator=gen)])
-    fam[STRESS[8]] = torch.stack([value(da), value(torch.where(keep, db, 9 - da))])
-    fam[STRESS[9]] = torch.stack([value(da), value(torch.where(keep, db, da))])
+    fam[STRESS[8]] = torch.stack([value_of(da), value_of(torch.where(keep, db, 9 - da))])
+    fam[STRESS[9]] = torch.stack([value_of(da), value_of(torch.where(keep, db, da))])
     pick = torch.randint(len(STRESS), (n,), generator=gen)                  # (n,) each question's family
     both = torch.stack([fam[name] for name in STRESS])                      # (families, 2, n)
     return both[pick, :, torch.arange(n)]                                   # (n, 2)
